@@ -1,0 +1,330 @@
+"""Recurrent cells: one time step each, written as the textbook equations.
+
+Shape legend: B batch, T time, F input features, H units (hidden size).
+
+The cell protocol
+-----------------
+`RNN(cell)` runs any `torch.nn.Module` that has
+
+    initial_state(batch_size, like) -> state
+        The state before the first step, on `like`'s dtype and device. A state is a
+        tensor (B, ...) or a tuple / NamedTuple of them.
+    forward(x_t, state) -> (y_t, new_state)
+        One step: x_t (B, F) and the previous state in, the step's output y_t (B, ...)
+        and the new state out.
+
+and, optionally,
+
+    build(input_size)                 called once with F before the first step
+    reset_dropout_masks()             called at the start of every sequence
+    project_input(x) / recur(p_t, s)  a cell whose step is `recur(project_input(x_t), s)`
+                                      lets `RNN` project the whole sequence (B, T, F) in
+                                      one matmul before the loop
+
+A minimal cell that runs (it is tested in tests/test_rnn.py)::
+
+    class MinimalRNNCell(torch.nn.Module):
+        def __init__(self, units: int, input_size: int):
+            super().__init__()
+            self.kernel = torch.nn.Linear(input_size, units)
+            self.recurrent_kernel = torch.nn.Linear(units, units, bias=False)
+
+        def initial_state(self, batch_size, like):
+            return like.new_zeros(batch_size, self.recurrent_kernel.in_features)
+
+        def forward(self, x_t, h_prev):
+            h = torch.tanh(self.kernel(x_t) + self.recurrent_kernel(h_prev))
+            return h, h
+
+    layer = longshort.RNN(MinimalRNNCell(32, input_size=8), return_sequences=True)
+    y = layer(torch.randn(4, 10, 8))   # (4, 10, 32)
+
+Deviations from the papers, on purpose
+--------------------------------------
+* LSTM and SimpleRNN keep one bias vector; `torch.nn` keeps two (`bias_ih + bias_hh`)
+  whose sum is the same thing. GRU keeps both, because `b_hn` sits inside `r * (...)`.
+* GRU follows `torch.nn.GRU` and Keras' `reset_after=True`: the reset gate multiplies
+  `W_hn h + b_hn`, not `h` (Cho et al. 2014 apply it before the matmul), and
+  `h = (1 - z) * n + z * h_prev`. Gate order is PyTorch's `r, z, n` (Keras: `z, r, h`).
+* Dropout is variational (Gal & Ghahramani 2016): one mask per sequence, the same mask
+  for all gates; recurrent dropout drops `h_prev` only where it enters the matmul.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from longshort._lazy import LazyInput, check_size
+from longshort.activations import ActivationSpec, get_activation
+
+Initializer = Callable[[Tensor], Tensor]
+
+
+class LSTMState(NamedTuple):
+    """The two states an LSTM carries from step to step."""
+
+    h: Tensor  # (B, H) short-term state, also the step's output
+    c: Tensor  # (B, H) long-term state, the cell
+
+
+def _check_rate(name: str, rate: float) -> float:
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {rate}")
+    return float(rate)
+
+
+class Cell(LazyInput):
+    """What the built-in cells share: `weight_ih (G*H, F)` built on first use, `weight_hh
+    (G*H, H)`, Keras' initialisers, and variational dropout. Subclasses add the math."""
+
+    gates: int = 1  # G: how many blocks of H rows the weight matrices hold
+    lazy_weight = "weight_ih"
+
+    def __init__(
+        self,
+        units: int,
+        input_size: Optional[int],
+        *,
+        activation: ActivationSpec,
+        use_bias: bool,
+        dropout: float,
+        recurrent_dropout: float,
+        kernel_initializer: Initializer,
+        recurrent_initializer: Initializer,
+        bias_initializer: Initializer,
+    ) -> None:
+        super().__init__()
+        check_size("units", units)
+        self.units = units
+        self.input_size = input_size
+        self.activation = get_activation(activation)
+        self.use_bias = use_bias
+        self.dropout = _check_rate("dropout", dropout)
+        self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer
+        rows = self.gates * units
+        self.weight_ih = self._input_weight(rows, input_size)
+        self.weight_hh = nn.Parameter(torch.empty(rows, units))
+        self._dropout_masks: dict[str, Tensor] = {}
+
+    def reset_parameters(self) -> None:
+        """Draw fresh weights: Glorot-uniform `weight_ih`, orthogonal `weight_hh`, zero bias (Keras' defaults)."""
+        with torch.no_grad():
+            if self.built:
+                self.kernel_initializer(self.weight_ih)
+            self.recurrent_initializer(self.weight_hh)
+            for bias in self.biases():
+                self.bias_initializer(bias)
+
+    def biases(self) -> list[Tensor]:
+        """The bias vectors `bias_initializer` fills; subclasses with one `bias` keep this."""
+        return [] if self.input_bias is None else [self.input_bias]
+
+    # -- one step -----------------------------------------------------------------------
+    @property
+    def input_bias(self) -> Optional[Tensor]:
+        """The bias added in `project_input`: `bias`, or `bias_ih` for GRU."""
+        return self.bias
+
+    def initial_state(self, batch_size: int, like: Tensor):
+        return like.new_zeros(batch_size, self.units)
+
+    def project_input(self, x: Tensor) -> Tensor:
+        """`W_ih x + b` for one step (B, F) -> (B, G*H) or a whole sequence (B, T, F) -> (B, T, G*H)."""
+        self.check_input(x)
+        x = self._variational_dropout(x, self.dropout, "input")
+        return F.linear(x, self.weight_ih, self.input_bias)
+
+    def recur(self, p_t: Tensor, state):
+        """One step from the projected input `p_t` (B, G*H) and the previous state."""
+        raise NotImplementedError
+
+    def forward(self, x_t: Tensor, state=None):
+        """One step: x_t (B, F) -> (y_t, new_state). `state=None` starts from zeros."""
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
+            shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise ValueError(f"{type(self).__name__} steps one time step of shape (batch, features), got {shape}")
+        if state is None:
+            state = self.initial_state(x_t.shape[0], x_t)
+        return self.recur(self.project_input(x_t), state)
+
+    # -- variational dropout --------------------------------------------------------------
+    def reset_dropout_masks(self) -> None:
+        """Forget the dropout masks; `RNN` calls this before every sequence. Call it yourself
+        between sequences when you step the cell by hand."""
+        self._dropout_masks = {}
+
+    def _variational_dropout(self, x: Tensor, rate: float, kind: str) -> Tensor:
+        """Multiply x (B, D) or (B, T, D) by this sequence's mask (B, D) for `kind`."""
+        if not self.training or rate == 0.0:
+            return x
+        mask = self._dropout_masks.get(kind)
+        if mask is None or mask.shape != (x.shape[0], x.shape[-1]) or mask.dtype != x.dtype:
+            keep = 1.0 - rate
+            mask = torch.bernoulli(x.new_full((x.shape[0], x.shape[-1]), keep)) / keep
+            self._dropout_masks[kind] = mask
+        return x * (mask[:, None] if x.dim() == 3 else mask)
+
+    def extra_repr(self) -> str:
+        return f"units={self.units}, input_size={self.input_size}, use_bias={self.use_bias}"
+
+
+class LSTMCell(Cell):
+    r"""Long Short-Term Memory (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000).
+
+    .. math::
+        i_t = \sigma(W_{ii} x_t + W_{hi} h_{t-1} + b_i) \\
+        f_t = \sigma(W_{if} x_t + W_{hf} h_{t-1} + b_f) \\
+        g_t = \tanh(W_{ig} x_t + W_{hg} h_{t-1} + b_g) \\
+        o_t = \sigma(W_{io} x_t + W_{ho} h_{t-1} + b_o) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t \\
+        h_t = o_t \odot \tanh(c_t)
+
+    Parameters, gate order `i, f, g, o` as in `torch.nn.LSTMCell`: `weight_ih (4H, F)`,
+    `weight_hh (4H, H)`, `bias (4H)`. `activation` replaces tanh, `recurrent_activation`
+    replaces sigma. With `unit_forget_bias` (the default) the forget slice `bias[H:2H]`
+    starts at 1 (Jozefowicz et al. 2015). Returns `(h, LSTMState(h, c))`.
+    """
+
+    gates = 4
+
+    def __init__(
+        self,
+        units: int,
+        input_size: Optional[int] = None,
+        *,
+        activation: ActivationSpec = "tanh",
+        recurrent_activation: ActivationSpec = "sigmoid",
+        use_bias: bool = True,
+        unit_forget_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        kernel_initializer: Initializer = nn.init.xavier_uniform_,
+        recurrent_initializer: Initializer = nn.init.orthogonal_,
+        bias_initializer: Initializer = nn.init.zeros_,
+    ) -> None:
+        super().__init__(
+            units, input_size, activation=activation, use_bias=use_bias, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
+        )
+        self.recurrent_activation = get_activation(recurrent_activation)
+        self.unit_forget_bias = unit_forget_bias
+        self.bias = nn.Parameter(torch.empty(4 * units)) if use_bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.bias is not None and self.unit_forget_bias:
+            with torch.no_grad():
+                self.bias[self.units : 2 * self.units] = 1.0
+
+    def initial_state(self, batch_size: int, like: Tensor) -> LSTMState:
+        zeros = like.new_zeros(batch_size, self.units)
+        return LSTMState(zeros, zeros)
+
+    def recur(self, p_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        h_prev, c_prev = state
+        z = p_t + self._variational_dropout(h_prev, self.recurrent_dropout, "recurrent") @ self.weight_hh.T  # (B, 4H)
+        i, f, g, o = z.chunk(4, dim=-1)  # each (B, H)
+        i, f, o = self.recurrent_activation(i), self.recurrent_activation(f), self.recurrent_activation(o)
+        g = self.activation(g)
+        c = f * c_prev + i * g
+        h = o * self.activation(c)
+        return h, LSTMState(h, c)
+
+
+class GRUCell(Cell):
+    r"""Gated Recurrent Unit (Cho et al. 2014), in the form of `torch.nn.GRUCell`.
+
+    .. math::
+        r_t = \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
+        z_t = \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t = \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \\
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+
+    Parameters, gate order `r, z, n` as in PyTorch: `weight_ih (3H, F)`, `weight_hh (3H, H)`,
+    `bias_ih (3H)`, `bias_hh (3H)`. Returns `(h, h)`.
+    """
+
+    gates = 3
+
+    def __init__(
+        self,
+        units: int,
+        input_size: Optional[int] = None,
+        *,
+        activation: ActivationSpec = "tanh",
+        recurrent_activation: ActivationSpec = "sigmoid",
+        use_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        kernel_initializer: Initializer = nn.init.xavier_uniform_,
+        recurrent_initializer: Initializer = nn.init.orthogonal_,
+        bias_initializer: Initializer = nn.init.zeros_,
+    ) -> None:
+        super().__init__(
+            units, input_size, activation=activation, use_bias=use_bias, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
+        )
+        self.recurrent_activation = get_activation(recurrent_activation)
+        self.bias_ih = nn.Parameter(torch.empty(3 * units)) if use_bias else None
+        self.bias_hh = nn.Parameter(torch.empty(3 * units)) if use_bias else None
+        self.reset_parameters()
+
+    def biases(self) -> list[Tensor]:
+        return [] if self.bias_ih is None else [self.bias_ih, self.bias_hh]
+
+    @property
+    def input_bias(self) -> Optional[Tensor]:
+        return self.bias_ih
+
+    def recur(self, p_t: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
+        q = F.linear(self._variational_dropout(h_prev, self.recurrent_dropout, "recurrent"), self.weight_hh, self.bias_hh)  # (B, 3H)
+        p_r, p_z, p_n = p_t.chunk(3, dim=-1)  # each (B, H)
+        q_r, q_z, q_n = q.chunk(3, dim=-1)
+        r = self.recurrent_activation(p_r + q_r)
+        z = self.recurrent_activation(p_z + q_z)
+        n = self.activation(p_n + r * q_n)
+        h = (1 - z) * n + z * h_prev
+        return h, h
+
+
+class SimpleRNNCell(Cell):
+    r"""The Elman network: :math:`h_t = \mathrm{act}(W_{ih} x_t + W_{hh} h_{t-1} + b)`, act tanh or ReLU.
+
+    Parameters: `weight_ih (H, F)`, `weight_hh (H, H)`, `bias (H)`. Returns `(h, h)`.
+    """
+
+    gates = 1
+
+    def __init__(
+        self,
+        units: int,
+        input_size: Optional[int] = None,
+        *,
+        activation: ActivationSpec = "tanh",
+        use_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        kernel_initializer: Initializer = nn.init.xavier_uniform_,
+        recurrent_initializer: Initializer = nn.init.orthogonal_,
+        bias_initializer: Initializer = nn.init.zeros_,
+    ) -> None:
+        super().__init__(
+            units, input_size, activation=activation, use_bias=use_bias, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
+        )
+        self.bias = nn.Parameter(torch.empty(units)) if use_bias else None
+        self.reset_parameters()
+
+    def recur(self, p_t: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.activation(p_t + self._variational_dropout(h_prev, self.recurrent_dropout, "recurrent") @ self.weight_hh.T)
+        return h, h

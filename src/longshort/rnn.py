@@ -1,0 +1,161 @@
+"""`RNN(cell)`: the generic loop over time that runs any cell (see `longshort.cells` for the protocol).
+
+Shape legend: B batch, T time, F input features, H units.
+
+Masks: `mask` (B, T) is True at real steps, anywhere in the sequence (left, right or
+inner padding). At a masked step the state passes through unchanged and the output is
+zero; the output with `return_sequences=False` is the output of the last real step.
+`lengths` (B,) is the same as `mask = arange(T) < lengths[:, None]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from longshort._validate import check_sequence, resolve_mask
+
+State = Any  # a tensor (B, ...) or a tuple / NamedTuple of them
+
+
+def map_state(fn, *states: State) -> State:
+    """Apply `fn` leaf by leaf to one or more states of the same structure."""
+    first = states[0]
+    if isinstance(first, Tensor):
+        return fn(*states)
+    leaves = [map_state(fn, *parts) for parts in zip(*states)]
+    return type(first)(*leaves) if hasattr(first, "_fields") else type(first)(leaves)
+
+
+def flatten_state(state: State) -> tuple[Tensor, ...]:
+    """`h` -> `(h,)`; `LSTMState(h, c)` -> `(h, c)`."""
+    if isinstance(state, Tensor):
+        return (state,)
+    return tuple(leaf for part in state for leaf in flatten_state(part))
+
+
+def _where(step_mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    return torch.where(step_mask.view(-1, *[1] * (new.dim() - 1)), new, old)
+
+
+def _check_state(state: State, expected: State, who: str) -> State:
+    """A user's `initial_state` must have the structure and shapes of the cell's own."""
+    try:
+        pairs = list(zip(flatten_state(state), flatten_state(expected), strict=True))
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: initial_state must look like {_describe(expected)}, got {_describe(state)}") from None
+    for given, want in pairs:
+        if given.shape != want.shape:
+            raise ValueError(f"{who}: initial_state must look like {_describe(expected)}, got {_describe(state)}")
+    return state
+
+
+def _describe(state: State) -> str:
+    if isinstance(state, Tensor):
+        return f"a tensor of shape {tuple(state.shape)}"
+    if isinstance(state, (tuple, list)):
+        return f"{type(state).__name__} of " + ", ".join(_describe(s) for s in state)
+    return type(state).__name__
+
+
+class RNN(nn.Module):
+    """Run `cell` over the time axis of a batch-first sequence (B, T, F).
+
+    Returns the last output (B, H), or every output (B, T, H) with `return_sequences`;
+    with `return_state` a tuple `(output, *state)` (for an LSTM: `output, h, c`).
+
+    * `go_backwards`: read the sequence from the last step to the first; with
+      `return_sequences` the outputs come in that reversed order (as in Keras).
+    * `stateful`: the final state of one call is the initial state of the next (detached,
+      for truncated back-propagation through time); `reset_states()` clears it.
+    """
+
+    accepts_mask = True
+
+    def __init__(
+        self,
+        cell: nn.Module,
+        return_sequences: bool = False,
+        return_state: bool = False,
+        go_backwards: bool = False,
+        stateful: bool = False,
+    ) -> None:
+        super().__init__()
+        for method in ("forward", "initial_state"):
+            if not callable(getattr(cell, method, None)):
+                raise TypeError(f"{type(cell).__name__} is not a cell: it has no {method}() (see longshort.cells for the protocol)")
+        self.cell = cell
+        self.return_sequences = return_sequences
+        self.return_state = return_state
+        self.go_backwards = go_backwards
+        self.stateful = stateful
+        self.state: Optional[State] = None  # the carried state when stateful
+
+    def reset_states(self) -> None:
+        """Forget the state a stateful layer carries."""
+        self.state = None
+
+    def build(self, input_size: int) -> "RNN":
+        """Create the cell's weights now, for `input_size` features (instead of on the first call)."""
+        if hasattr(self.cell, "build"):
+            self.cell.build(input_size)
+        return self
+
+    def forward(
+        self,
+        x: Tensor,
+        initial_state: Optional[State] = None,
+        mask: Optional[Tensor] = None,
+        lengths: Optional[Tensor] = None,
+    ) -> Union[Tensor, tuple[Tensor, ...]]:
+        who = type(self).__name__
+        check_sequence(x, who)
+        B, T, _ = x.shape
+        mask = resolve_mask(mask, lengths, B, T, x.device)
+        self.build(x.shape[-1])
+        state = self._initial_state(initial_state, x, who)
+        if hasattr(self.cell, "reset_dropout_masks"):
+            self.cell.reset_dropout_masks()
+
+        if hasattr(self.cell, "project_input"):  # one matmul for the input side of every step
+            inputs, step = self.cell.project_input(x), self.cell.recur  # (B, T, G*H)
+        else:
+            inputs, step = x, self.cell
+        times = range(T - 1, -1, -1) if self.go_backwards else range(T)
+        outputs, last = [], None
+        for t in times:
+            y, new_state = step(inputs[:, t], state)
+            if mask is None:
+                state, last = new_state, y
+            else:
+                m = mask[:, t]  # (B,)
+                state = map_state(lambda new, old: _where(m, new, old), new_state, state)
+                y = _where(m, y, torch.zeros_like(y))
+                last = y if last is None else _where(m, y, last)
+            if self.return_sequences:
+                outputs.append(y)
+
+        if self.stateful:
+            self.state = map_state(Tensor.detach, state)
+        output = torch.stack(outputs, dim=1) if self.return_sequences else last  # (B, T, H) or (B, H)
+        return (output, *flatten_state(state)) if self.return_state else output
+
+    def _initial_state(self, initial_state: Optional[State], x: Tensor, who: str) -> State:
+        zeros = self.cell.initial_state(x.shape[0], x)
+        if initial_state is not None:
+            return _check_state(initial_state, zeros, who)
+        if self.stateful and self.state is not None:
+            carried = flatten_state(self.state)[0].shape[0]
+            if carried != x.shape[0]:
+                raise ValueError(
+                    f"{who} is stateful and carries a state for batch size {carried}, got a batch of {x.shape[0]}; "
+                    "call reset_states() to start over with a new batch size"
+                )
+            return self.state
+        return zeros
+
+    def extra_repr(self) -> str:
+        flags = ("return_sequences", "return_state", "go_backwards", "stateful")
+        return ", ".join(f"{flag}=True" for flag in flags if getattr(self, flag))
