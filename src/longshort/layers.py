@@ -49,14 +49,14 @@ class TorchInterop:
         layer = cls(
             module.hidden_size, module.input_size, **cls._cell_options_from_torch(module), use_bias=module.bias,
             return_sequences=return_sequences, return_state=return_state, go_backwards=go_backwards, stateful=stateful,
-        )
+        ).to(module.weight_hh_l0)  # dtype and device first: copying float64 weights into float32 would round them
         with torch.no_grad():
             layer.cell.weight_ih.copy_(module.weight_ih_l0)
             layer.cell.weight_hh.copy_(module.weight_hh_l0)
             if module.bias:
                 for ours, theirs in zip(layer.cell.biases(), cls._biases_from_torch(module.bias_ih_l0, module.bias_hh_l0)):
                     ours.copy_(theirs)
-        return layer.to(module.weight_hh_l0)
+        return layer
 
     def to_torch(self) -> nn.RNNBase:
         """The equivalent `torch.nn` module (batch_first=True); dropout options are not carried over."""
@@ -64,6 +64,7 @@ class TorchInterop:
         if not cell.built:
             raise RuntimeError(f"{type(self).__name__} is not built yet: call .build(input_size) first")
         module = self.torch_class(cell.input_size, cell.units, bias=cell.use_bias, batch_first=True, **self._torch_options())
+        module = module.to(cell.weight_hh)  # dtype and device first, as in from_torch
         with torch.no_grad():
             module.weight_ih_l0.copy_(cell.weight_ih)
             module.weight_hh_l0.copy_(cell.weight_hh)
@@ -71,7 +72,7 @@ class TorchInterop:
                 bias_ih, bias_hh = self._biases_to_torch(cell.biases())
                 module.bias_ih_l0.copy_(bias_ih)
                 module.bias_hh_l0.copy_(bias_hh)
-        return module.to(cell.weight_hh)
+        return module
 
     # One bias (ours) <-> two biases (torch) whose sum is ours: the default for LSTM and SimpleRNN.
     @staticmethod
