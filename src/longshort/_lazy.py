@@ -20,6 +20,11 @@ class UnbuiltParameter(UninitializedParameter):
     cls_to_become = nn.Parameter
     owner = "this layer"
 
+    def __deepcopy__(self, memo):
+        copied = super().__deepcopy__(memo)
+        copied.owner = self.owner
+        return copied
+
     @property
     def is_leaf(self) -> bool:  # the first thing torch.optim asks of a parameter
         raise RuntimeError(

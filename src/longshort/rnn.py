@@ -49,6 +49,8 @@ def _check_state(state: State, expected: State, who: str) -> State:
     for given, want in pairs:
         if given.shape != want.shape:
             raise ValueError(f"{who}: initial_state must look like {_describe(expected)}, got {_describe(state)}")
+        if given.dtype != want.dtype:
+            raise TypeError(f"{who}: initial_state must have the input's dtype {want.dtype}, got {given.dtype}")
     return state
 
 
