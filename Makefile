@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install bench bench-deps clean
 
 demo: $(STAMP)
 	$(BIN)/longshort demo
@@ -13,6 +13,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 install: $(STAMP)
+
+# Benchmarks: a script, not a test (see benchmarks/RESULTS.md). jax is a benchmark-only extra.
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+
+bench: bench-deps
+	$(BIN)/python benchmarks/rnn_speed.py
+	$(BIN)/python benchmarks/rnn_speed.py --memory
 
 # torch is pinned to the CPU wheel by constraints.txt; pyproject.toml keeps a range for users elsewhere.
 $(STAMP): pyproject.toml constraints.txt

@@ -137,7 +137,7 @@ class Cell(LazyInput):
     def project_input(self, x: Tensor) -> Tensor:
         """`W_ih x + b` for one step (B, F) -> (B, G*H) or a whole sequence (B, T, F) -> (B, T, G*H)."""
         self.check_input(x)
-        x = self._variational_dropout(x, self.dropout, "input")
+        x = self._variational_dropout(x, "input")
         return F.linear(x, self.weight_ih, self.input_bias)
 
     def recur(self, p_t: Tensor, state):
@@ -159,15 +159,25 @@ class Cell(LazyInput):
         between sequences when you step the cell by hand."""
         self._dropout_masks = {}
 
-    def _variational_dropout(self, x: Tensor, rate: float, kind: str) -> Tensor:
-        """Multiply x (B, D) or (B, T, D) by this sequence's mask (B, D) for `kind`."""
+    def dropout_mask(self, kind: str, like: Tensor) -> Optional[Tensor]:
+        """This sequence's dropout mask (B, D) for `kind` ("input" or "recurrent") and `like` (B, ..., D),
+        or None when it drops nothing (eval mode, or rate 0)."""
+        rate = self.dropout if kind == "input" else self.recurrent_dropout
         if not self.training or rate == 0.0:
-            return x
+            return None
+        shape = (like.shape[0], like.shape[-1])
         mask = self._dropout_masks.get(kind)
-        if mask is None or mask.shape != (x.shape[0], x.shape[-1]) or mask.dtype != x.dtype:
+        if mask is None or mask.shape != shape or mask.dtype != like.dtype:
             keep = 1.0 - rate
-            mask = torch.bernoulli(x.new_full((x.shape[0], x.shape[-1]), keep)) / keep
+            mask = torch.bernoulli(like.new_full(shape, keep)) / keep
             self._dropout_masks[kind] = mask
+        return mask
+
+    def _variational_dropout(self, x: Tensor, kind: str) -> Tensor:
+        """x (B, D) or (B, T, D) times this sequence's mask (B, D) for `kind`."""
+        mask = self.dropout_mask(kind, x)
+        if mask is None:
+            return x
         return x * (mask[:, None] if x.dim() == 3 else mask)
 
     def extra_repr(self) -> str:
@@ -230,7 +240,7 @@ class LSTMCell(Cell):
 
     def recur(self, p_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         h_prev, c_prev = state
-        z = p_t + self._variational_dropout(h_prev, self.recurrent_dropout, "recurrent") @ self.weight_hh.T  # (B, 4H)
+        z = p_t + self._variational_dropout(h_prev, "recurrent") @ self.weight_hh.T  # (B, 4H)
         i, f, g, o = z.chunk(4, dim=-1)  # each (B, H)
         i, f, o = self.recurrent_activation(i), self.recurrent_activation(f), self.recurrent_activation(o)
         g = self.activation(g)
@@ -286,7 +296,7 @@ class GRUCell(Cell):
         return self.bias_ih
 
     def recur(self, p_t: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
-        q = F.linear(self._variational_dropout(h_prev, self.recurrent_dropout, "recurrent"), self.weight_hh, self.bias_hh)  # (B, 3H)
+        q = F.linear(self._variational_dropout(h_prev, "recurrent"), self.weight_hh, self.bias_hh)  # (B, 3H)
         p_r, p_z, p_n = p_t.chunk(3, dim=-1)  # each (B, H)
         q_r, q_z, q_n = q.chunk(3, dim=-1)
         r = self.recurrent_activation(p_r + q_r)
@@ -326,5 +336,5 @@ class SimpleRNNCell(Cell):
         self.reset_parameters()
 
     def recur(self, p_t: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.activation(p_t + self._variational_dropout(h_prev, self.recurrent_dropout, "recurrent") @ self.weight_hh.T)
+        h = self.activation(p_t + self._variational_dropout(h_prev, "recurrent") @ self.weight_hh.T)
         return h, h

@@ -10,12 +10,16 @@ zero; the output with `return_sequences=False` is the output of the last real st
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from longshort._validate import check_sequence, resolve_mask
+
+logger = logging.getLogger("longshort")
 
 State = Any  # a tensor (B, ...) or a tuple / NamedTuple of them
 
@@ -72,6 +76,8 @@ class RNN(nn.Module):
       `return_sequences` the outputs come in that reversed order (as in Keras).
     * `stateful`: the final state of one call is the initial state of the next (detached,
       for truncated back-propagation through time); `reset_states()` clears it.
+    * `compile`: run the cell's step through `torch.compile` (see `_compiled`); the first call
+      pays the compile time, reported in `compile_seconds`.
     """
 
     accepts_mask = True
@@ -83,6 +89,7 @@ class RNN(nn.Module):
         return_state: bool = False,
         go_backwards: bool = False,
         stateful: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         for method in ("forward", "initial_state"):
@@ -94,6 +101,9 @@ class RNN(nn.Module):
         self.go_backwards = go_backwards
         self.stateful = stateful
         self.state: Optional[State] = None  # the carried state when stateful
+        self.compile = compile
+        self.compile_seconds: Optional[float] = None  # how long the first compiled step took
+        self._compiled_step = None
 
     def reset_states(self) -> None:
         """Forget the state a stateful layer carries."""
@@ -121,13 +131,30 @@ class RNN(nn.Module):
         if hasattr(self.cell, "reset_dropout_masks"):
             self.cell.reset_dropout_masks()
 
+        if self.go_backwards:
+            x = x.flip(1)  # outputs then come in this reversed order, as in Keras
+            mask = None if mask is None else mask.flip(1)
+        outputs, last, state = self.run(x, state, mask)
+
+        if self.stateful:
+            self.state = map_state(Tensor.detach, state)
+        output = outputs if self.return_sequences else last  # (B, T, H) or (B, H)
+        return (output, *flatten_state(state)) if self.return_state else output
+
+    def run(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
+        """The loop over time, step by step through the cell.
+
+        Returns every output (B, T, ...) if `return_sequences` (else None), the last
+        output (of the last real step), and the final state.
+        """
         if hasattr(self.cell, "project_input"):  # one matmul for the input side of every step
             inputs, step = self.cell.project_input(x), self.cell.recur  # (B, T, G*H)
         else:
             inputs, step = x, self.cell
-        times = range(T - 1, -1, -1) if self.go_backwards else range(T)
+        if self.compile:
+            step = self._compiled(step, inputs[:, 0], state)
         outputs, last = [], None
-        for t in times:
+        for t in range(x.shape[1]):
             y, new_state = step(inputs[:, t], state)
             if mask is None:
                 state, last = new_state, y
@@ -138,11 +165,20 @@ class RNN(nn.Module):
                 last = y if last is None else _where(m, y, last)
             if self.return_sequences:
                 outputs.append(y)
+        return (torch.stack(outputs, dim=1) if self.return_sequences else None), last, state  # (B, T, H)
 
-        if self.stateful:
-            self.state = map_state(Tensor.detach, state)
-        output = torch.stack(outputs, dim=1) if self.return_sequences else last  # (B, T, H) or (B, H)
-        return (output, *flatten_state(state)) if self.return_state else output
+    def _compiled(self, step, first_input: Tensor, state: State):
+        """`step` compiled by torch.compile (TorchInductor): the cell's elementwise math becomes one
+        generated kernel per step, forward and backward. The first call compiles, which takes seconds;
+        its time is kept in `compile_seconds` and logged. Inductor caches compiled graphs on disk, so
+        a later process with the same cell and shapes compiles faster."""
+        if self._compiled_step is None:
+            self._compiled_step = torch.compile(step, dynamic=False)
+            start = time.perf_counter()
+            self._compiled_step(first_input, state)  # compile now, outside the loop
+            self.compile_seconds = time.perf_counter() - start
+            logger.info("%s: compiled %s in %.1f s", type(self).__name__, type(self.cell).__name__, self.compile_seconds)
+        return self._compiled_step
 
     def _initial_state(self, initial_state: Optional[State], x: Tensor, who: str) -> State:
         zeros = self.cell.initial_state(x.shape[0], x)

@@ -1,0 +1,248 @@
+"""Speed of longshort's recurrent layers against their peers, measured side by side in one process.
+
+For each grid point (B, T, H = F) it times, interleaved and as a median over repeats, a
+forward pass (no grad) and a training step (forward + backward of loss = sum of all
+outputs) of:
+
+    torch.nn.LSTM            the vendor kernel (oneDNN on CPU): every ratio is against it
+    ls.LSTM (auto)           longshort's default dispatch
+    ls.LSTM (fused)          the fused loop with hand-written backward-through-time
+    ls.RNN(LSTMCell)         the generic loop over the readable cell
+    custom cell              a user-written LSTM cell through ls.RNN (see `UserLSTMCell`)
+    custom cell (compiled)   the same cell with ls.RNN(..., compile=True)
+    nn.LSTMCell loop         the naive Python loop over torch's own cell
+
+and, in a second process, the same LSTM in JAX with `lax.scan` (benchmarks/jax_lstm.py;
+skipped when jax is not installed: `make bench-deps`). It also measures the machine's
+GEMM throughput at each grid point's per-step shape, (B, H) x (H, 4H), and prints each
+implementation's effective GFLOP/s as a fraction of that. With --memory it reports the
+peak memory growth of one training step for each LSTM implementation in a fresh process.
+
+    python benchmarks/rnn_speed.py                # the full grid (about 15 minutes on 2 cores)
+    python benchmarks/rnn_speed.py --quick        # B=1 and 32, H=256 only
+    python benchmarks/rnn_speed.py --memory       # peak memory at B=32, T=1000, H=128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+import longshort as ls
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: batch, time steps, hidden size (= input size)."""
+
+    batch: int
+    time: int
+    hidden: int
+
+    def flops(self, training: bool) -> float:
+        """Matmul FLOPs of an LSTM pass: 2 * B * T * (F + H) * 4H forward; a training step about 3x that."""
+        forward = 2 * self.batch * self.time * (2 * self.hidden) * 4 * self.hidden
+        return 3 * forward if training else forward
+
+
+FULL_GRID = [Point(b, 100, h) for b in (1, 32, 128) for h in (64, 256, 512)] + [Point(32, 1000, 128)]
+QUICK_GRID = [Point(1, 100, 256), Point(32, 100, 256)]
+
+
+class UserLSTMCell(nn.Module):
+    """An LSTM cell as a user would write it for `ls.RNN`: no fast-path protocol, just the math."""
+
+    def __init__(self, units: int, input_size: int) -> None:
+        super().__init__()
+        self.units = units
+        self.input_layer = nn.Linear(input_size, 4 * units)
+        self.recurrent_layer = nn.Linear(units, 4 * units, bias=False)
+
+    def initial_state(self, batch_size: int, like: Tensor) -> ls.LSTMState:
+        zeros = like.new_zeros(batch_size, self.units)
+        return ls.LSTMState(zeros, zeros)
+
+    def forward(self, x_t: Tensor, state: ls.LSTMState) -> tuple[Tensor, ls.LSTMState]:
+        h_prev, c_prev = state
+        i, f, g, o = (self.input_layer(x_t) + self.recurrent_layer(h_prev)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, ls.LSTMState(h, c)
+
+
+def naive_cell_loop(cell: nn.LSTMCell, x: Tensor) -> Tensor:
+    h = c = x.new_zeros(x.shape[0], cell.hidden_size)
+    outputs = []
+    for t in range(x.shape[1]):
+        h, c = cell(x[:, t], (h, c))
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)  # (B, T, H)
+
+
+def implementations(point: Point) -> dict[str, Callable[[Tensor], Tensor]]:
+    """Each implementation as `x -> all outputs (B, T, H)`, all with the same weights where they share a layout."""
+    H = point.hidden
+    reference = nn.LSTM(H, H, batch_first=True)
+    naive = nn.LSTMCell(H, H)
+    naive.load_state_dict({key.removesuffix("_l0"): value for key, value in reference.state_dict().items()})
+    custom = ls.RNN(UserLSTMCell(H, H), return_sequences=True)
+    compiled = ls.RNN(UserLSTMCell(H, H), return_sequences=True, compile=True)
+    return {
+        "torch.nn.LSTM": lambda x: reference(x)[0],
+        "ls.LSTM (auto)": ls.LSTM.from_torch(reference, return_sequences=True),
+        "ls.LSTM (fused)": _with_implementation(ls.LSTM.from_torch(reference, return_sequences=True), "fused"),
+        "ls.RNN(LSTMCell)": ls.RNN(ls.LSTMCell(H, H), return_sequences=True),
+        "custom cell": custom,
+        "custom cell (compiled)": compiled,
+        "nn.LSTMCell loop": lambda x: naive_cell_loop(naive, x),
+    }
+
+
+def _with_implementation(layer: ls.LSTM, implementation: str) -> ls.LSTM:
+    layer._set_implementation(implementation)
+    return layer
+
+
+def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, calling them in turn `repeats` times after one warm-up."""
+    for function in functions.values():
+        function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def gemm_gflops(point: Point, repeats: int = 200) -> float:
+    """GFLOP/s of torch.matmul at the per-step shape (B, H) x (H, 4H)."""
+    a, b = torch.randn(point.batch, point.hidden), torch.randn(point.hidden, 4 * point.hidden)
+    seconds = time_interleaved({"mm": lambda: torch.matmul(a, b)}, repeats)["mm"]
+    return 2 * point.batch * point.hidden * 4 * point.hidden / seconds / 1e9
+
+
+def measure(point: Point, repeats: int) -> dict[str, dict[str, float]]:
+    torch.manual_seed(0)
+    x = torch.randn(point.batch, point.time, point.hidden)
+    x_grad = x.clone().requires_grad_()
+    runs = implementations(point)
+    if point.batch * point.hidden * point.time > 32 * 512 * 100:  # the naive loop takes minutes here
+        repeats = max(3, repeats // 2)
+
+    def forward(run):
+        def call():
+            with torch.no_grad():
+                run(x)
+        return call
+
+    def training(run):
+        def call():
+            run(x_grad).sum().backward()
+        return call
+
+    forward_times = time_interleaved({name: forward(run) for name, run in runs.items()}, repeats)
+    training_times = time_interleaved({name: training(run) for name, run in runs.items()}, repeats)
+    return {"forward": forward_times, "training": training_times}
+
+
+def jax_times(grid: list[Point], repeats: int) -> dict[str, dict[str, float]]:
+    """Times from benchmarks/jax_lstm.py in a second process, keyed by str(point); {} without jax."""
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        print("jax is not installed: skipping lax.scan (make bench-deps installs it)", file=sys.stderr)
+        return {}
+    spec = json.dumps([[p.batch, p.time, p.hidden] for p in grid])
+    result = subprocess.run(
+        [sys.executable, str(HERE / "jax_lstm.py"), spec, str(repeats)], capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout)
+
+
+def memory_child(name: str, point: Point) -> None:
+    """In a fresh process: peak resident memory growth (MiB) of one training step of `name`."""
+    torch.manual_seed(0)
+    x = torch.randn(point.batch, point.time, point.hidden, requires_grad=True)
+    run = implementations(point)[name]
+    with torch.no_grad():
+        run(x[:1, :2])  # build lazily created weights, load kernels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run(x).sum().backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_growth_mib": (after - before) / 1024}))
+
+
+def memory_table(point: Point) -> list[str]:
+    names = ["torch.nn.LSTM", "ls.LSTM (auto)", "ls.LSTM (fused)", "ls.RNN(LSTMCell)", "nn.LSTMCell loop"]
+    rows = [f"Peak memory growth of one training step, B={point.batch}, T={point.time}, H=F={point.hidden} (fresh process each):", ""]
+    rows += ["| implementation | MiB | vs torch.nn.LSTM |", "|---|---:|---:|"]
+    baseline = None
+    for name in names:
+        args = [sys.executable, __file__, "--memory-child", name, f"{point.batch},{point.time},{point.hidden}"]
+        mib = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)["peak_growth_mib"]
+        baseline = baseline or mib
+        rows.append(f"| {name} | {mib:.0f} | {mib / baseline:.2f} |")
+    return rows
+
+
+def machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}), "
+        f"Python {platform.python_version()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="two grid points only")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--memory", action="store_true", help="peak memory at B=32, T=1000, H=128 only")
+    parser.add_argument("--memory-child", nargs=2, metavar=("NAME", "B,T,H"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        name, shape = args.memory_child
+        memory_child(name, Point(*map(int, shape.split(","))))
+        return
+    print(f"Machine: {machine()}\nCommand: python {' '.join(sys.argv)}\n")
+    if args.memory:
+        print("\n".join(memory_table(Point(32, 1000, 128))))
+        return
+
+    grid = QUICK_GRID if args.quick else FULL_GRID
+    jax = jax_times(grid, args.repeats)
+    for point in grid:
+        times = measure(point, args.repeats)
+        peak = gemm_gflops(point)
+        for mode, by_name in times.items():
+            if str(point) in jax:
+                by_name["JAX lax.scan"] = jax[str(point)][mode]
+            base = by_name["torch.nn.LSTM"]
+            print(f"### B={point.batch}, T={point.time}, H=F={point.hidden}: {mode} "
+                  f"(GEMM peak at the step shape: {peak:.1f} GFLOP/s)\n")
+            print("| implementation | ms | vs torch.nn.LSTM | GFLOP/s | of GEMM peak |\n|---|---:|---:|---:|---:|")
+            for name, seconds in by_name.items():
+                gflops = point.flops(mode == "training") / seconds / 1e9
+                print(f"| {name} | {seconds * 1e3:.2f} | {seconds / base:.2f} | {gflops:.1f} | {gflops / peak:.0%} |")
+            print(flush=True)
+
+
+if __name__ == "__main__":
+    main()

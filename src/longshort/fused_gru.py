@@ -1,0 +1,163 @@
+"""The fused GRU: a loop over time that does only the recurrent matmul and the gate math,
+and a backward-through-time written by hand.
+
+Forward. The input side `p_t = W_ih x_t + b_ih` of every step comes in precomputed
+(one matmul for the whole sequence, `Cell.project_input`); then for t = 1..T:
+
+    q = h_prev W_hh^T + b_hh                     (B, 3H), one addmm
+    r, z = sigmoid(p_r + q_r, p_z + q_z)         one in-place sigmoid
+    n = tanh(p_n + r * q_n)                      one addcmul, one in-place tanh
+    h = (1 - z) * n + z * h_prev                 one lerp: lerp(n, h_prev, z)
+
+The addmm adds into a buffer that already holds `p_r + b_hr, p_z + b_hz, b_hn`, so after it
+the buffer holds the pre-activations of r and z, and q_n; the addcmul adds into a buffer
+that already holds p_n. The r, z, q_n, n and h of every step are kept for the backward.
+
+Backward. `dh` is dL/dh_t (from the output y_t = h_t and from step t+1); `a` are the
+pre-activations `a_r = p_r + q_r`, `a_z = p_z + q_z`, `a_n = p_n + r q_n`. Reading the
+forward bottom-up:
+
+    h = (1 - z) n + z h_prev  ->  dn = dh (1 - z),  dz = dh (h_prev - n),  dh_prev = dh z  (+ below)
+    n = tanh(a_n)             ->  da_n = dn (1 - n^2)
+    a_n = p_n + r q_n         ->  dr = da_n q_n,  dq_n = da_n r
+    r, z = sigmoid(a_r, a_z)  ->  da_r = dr r (1 - r),  da_z = dz z (1 - z)
+    a = p_t + q               ->  dp_t = (da_r, da_z, da_n),  dq = (da_r, da_z, dq_n)
+    q = h_prev W_hh^T + b_hh  ->  dh_prev += dq W_hh,  dW_hh += dq^T h_prev,  db_hh += dq
+
+So every step's dp and dq are dh times a factor that does not depend on dh:
+
+    da_r = dh (1 - z) (1 - n^2) q_n r (1 - r)
+    da_z = dh (h_prev - n) z (1 - z)
+    da_n = dh (1 - z) (1 - n^2)
+    dq_n = dh (1 - z) (1 - n^2) r
+
+The factors are computed for all steps at once before the reverse loop, so a step does
+one in-place mul (the factors become dq), one addcmul (dh z) and one addmm (dq W_hh), the
+last two adding into the slot that already holds dy_{t-1}. `dW_hh`, `db_hh` and `da_n`
+(from the kept dh of every step) are one op each over all steps after the loop; `dW_ih`,
+`db_ih` and `dx` follow from `dp` by autograd through the input projection.
+
+Masks. With m_t in {0, 1} per sequence, a masked step is a step whose update gate is shut:
+with z = 1, h = h_prev exactly (lerp returns its end point at weight 1), and every factor
+above has a (1 - z) and vanishes, leaving dh_prev = dh. So before the loop the forward sets
+the z pre-activation of masked steps to +inf (sigmoid(inf) = 1 exactly, whatever q_z adds)
+and their p_r, p_n to 0 (so that n stays finite whatever the padding holds, even NaN), and
+the backward needs the mask only where the output is zeroed: y_t = m h_t, so the gradient
+from the output is m dy_t.
+
+Recurrent dropout. With the sequence's mask r_mask, `q = (r_mask h_prev) W_hh^T + b_hh`
+while the blend uses h_prev undropped, so `dh_prev = dh z + r_mask (dq W_hh)` and
+`dW_hh = sum_t dq^T (r_mask h_prev)`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+class GRURecurrence(torch.autograd.Function):
+    """p (B, T, 3H), h0 (B, H), weight_hh (3H, H), bias_hh (3H,) or None -> y (B, T, H), h_T."""
+
+    @staticmethod
+    def forward(ctx, p, h0, weight_hh, bias_hh, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
+        ctx.set_materialize_grads(False)
+        B, T, three_h = p.shape
+        H = three_h // 3
+        p_steps = p.transpose(0, 1)  # (T, B, 3H), a view: only read
+        n = p_steps[..., 2 * H :].clone(memory_format=torch.contiguous_format)  # (T, B, H) p_n, becomes n
+        rzq = p.new_empty(T, B, three_h)  # p_r + b_hr, p_z + b_hz, b_hn; becomes r, z, q_n
+        rz = rzq[..., : 2 * H]  # (T, B, 2H)
+        if bias_hh is None:
+            rz.copy_(p_steps[..., : 2 * H])
+            rzq[..., 2 * H :] = 0
+        else:
+            torch.add(p_steps[..., : 2 * H], bias_hh[: 2 * H], out=rz)
+            rzq[..., 2 * H :] = bias_hh[2 * H :]
+        r, z, q_n = rzq.split(H, dim=2)  # each (T, B, H)
+        if step_mask is not None:  # a masked step reads no input and has its update gate shut: h = h_prev
+            skip = ~step_mask.T.unsqueeze(-1)  # (T, B, 1)
+            r.masked_fill_(skip, 0.0)
+            n.masked_fill_(skip, 0.0)
+            z.masked_fill_(skip, float("inf"))  # z = sigmoid(inf + q_z) = 1 exactly
+        w_t = weight_hh.T.contiguous()  # (H, 3H)
+        h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
+        h_all[0] = h0
+        h_in = p.new_empty(B, H)
+        # The per-step views, made once: cheaper than indexing in the loop.
+        hs, rzqs, rzs, rs, zs, q_ns, ns = (x.unbind(0) for x in (h_all, rzq, rz, r, z, q_n, n))
+        for t in range(T):
+            h_prev, h = hs[t], hs[t + 1]
+            if recurrent_mask is not None:
+                rzqs[t].addmm_(torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
+            else:
+                rzqs[t].addmm_(h_prev, w_t)
+            rzs[t].sigmoid_()
+            ns[t].addcmul_(rs[t], q_ns[t]).tanh_()
+            torch.lerp(ns[t], h_prev, zs[t], out=h)
+        y = h_all[1:]  # (T, B, H)
+        if step_mask is not None:
+            y = y * step_mask.T.unsqueeze(-1)
+        ctx.save_for_backward(rzq, n, h_all, weight_hh, step_mask, recurrent_mask)
+        ctx.has_bias = bias_hh is not None
+        return y.transpose(0, 1), h_all[T].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_T):
+        rzq, n, h_all, weight_hh, step_mask, recurrent_mask = ctx.saved_tensors
+        T, B, three_h = rzq.shape
+        H = three_h // 3
+        r, z, q_n = rzq.split(H, dim=2)  # each (T, B, H)
+        h_prev = h_all[:-1]
+        # The factors of the derivation that do not depend on dh: all steps at once.
+        one_minus_z = 1 - z  # (T, B, H)
+        da_n_per_dh = (1 - n * n).mul_(one_minus_z)  # (1 - z) (1 - n^2)
+        dq_all = rzq.new_empty(T, B, 3, H)  # dq / dh for the gates r, z, n; becomes dq, then dp
+        dq_r, dq_z, dq_n = dq_all.unbind(dim=2)  # each (T, B, H)
+        torch.mul(da_n_per_dh, r, out=dq_n)  # (1 - z) (1 - n^2) r
+        torch.mul(dq_n, q_n, out=dq_r).mul_(1 - r)  # (1 - z) (1 - n^2) r q_n (1 - r)
+        torch.sub(h_prev, n, out=dq_z).mul_(z).mul_(one_minus_z)  # (h_prev - n) z (1 - z)
+        dh_all = h_all.new_empty(T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
+        dh_all[0] = 0
+        if dy is None:
+            dh_all[1:] = 0
+        else:
+            dh_all[1:] = dy.transpose(0, 1) if step_mask is None else dy.transpose(0, 1) * step_mask.T.unsqueeze(-1)
+        if dh_T is not None:
+            dh_all[T] += dh_T
+        dq_w = rzq.new_empty(B, H)
+        dqs, dhs, zs = dq_all.unbind(0), dh_all.unbind(0), z.unbind(0)  # the per-step views, made once
+        for t in range(T - 1, -1, -1):
+            dh, dh_prev = dhs[t + 1], dhs[t]
+            dq = dqs[t].mul_(dh.unsqueeze(1)).view(B, three_h)  # (B, 3, H) -> (B, 3H)
+            dh_prev.addcmul_(dh, zs[t])  # dy_{t-1} + dh z
+            if recurrent_mask is not None:
+                dh_prev.addcmul_(torch.mm(dq, weight_hh, out=dq_w), recurrent_mask)
+            else:
+                dh_prev.addmm_(dq, weight_hh)
+        dq_all = dq_all.view(T, B, three_h)  # (T, B, 3H)
+        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask  # (T, B, H)
+        dweight_hh = dq_all.reshape(T * B, three_h).T @ h_in.reshape(T * B, H)  # (3H, H)
+        dbias_hh = dq_all.sum(dim=(0, 1)) if ctx.has_bias else None  # (3H,)
+        torch.mul(dh_all[1:], da_n_per_dh, out=dq_n)  # dq_n -> da_n: dq_all is now dp
+        dp = dq_all.transpose(0, 1)  # (B, T, 3H)
+        return dp, dh_all[0], dweight_hh, dbias_hh, None, None
+
+
+def gru_recurrence(
+    p: Tensor,
+    h0: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Optional[Tensor] = None,
+    step_mask: Optional[Tensor] = None,
+    recurrent_mask: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the GRU recurrence over the projected inputs p (B, T, 3H) (gates r, z, n) from h0 (B, H).
+
+    Returns every output y (B, T, H) (zero at masked steps) and the final carried h.
+    """
+    return GRURecurrence.apply(p, h0, weight_hh, bias_hh, step_mask, recurrent_mask)

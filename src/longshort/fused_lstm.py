@@ -1,0 +1,156 @@
+"""The fused LSTM: a loop over time that does only the recurrent matmul and the gate math,
+and a backward-through-time written by hand.
+
+Forward. The input side `p_t = W_ih x_t + b` of every step comes in precomputed
+(one matmul for the whole sequence, `Cell.project_input`); then for t = 1..T:
+
+    z = p_t + h_prev W_hh^T                      (B, 4H), one addmm
+    o, i, f = sigmoid(z_o, z_i, z_f)             one in-place sigmoid (gates stored o, i, f, g)
+    g = tanh(z_g)                                one in-place tanh
+    c = f * c_prev + i * g
+    h = o * tanh(c)
+
+The activated gates and the states of every step are kept for the backward.
+
+Backward. `dh` is dL/dh_t (from the output y_t = h_t and from step t+1), `dc` is dL/dc_t
+from step t+1. Reading the forward bottom-up:
+
+    h = o * tanh(c)           ->  do = dh * tanh(c)
+                                  dc = dc + dh * o * (1 - tanh(c)^2)
+    c = f * c_prev + i * g    ->  di = dc * g,  df = dc * c_prev,  dg = dc * i
+                                  dc_prev = dc * f
+    i, f, o = sigmoid(z)      ->  dz_i = di * i * (1 - i), dz_f = df * f * (1 - f), dz_o = do * o * (1 - o)
+    g = tanh(z_g)             ->  dz_g = dg * (1 - g^2)
+    z = p_t + h_prev W_hh^T   ->  dp_t = dz,  dh_prev = dz W_hh,  dW_hh += dz^T h_prev
+
+Every factor that does not depend on dh or dc (`g i (1 - i)`, `c_prev f (1 - f)`,
+`i (1 - g^2)`, `tanh(c) o (1 - o)`, `o (1 - tanh(c)^2)`) is computed for all steps at once
+before the reverse loop, so a step does one matmul and a few elementwise ops. `dW_hh`
+is one matmul over all steps after the loop; `dW_ih`, `db` and `dx` follow from `dp` by
+autograd through the input projection, one matmul each.
+
+Masks. With m_t in {0, 1} per sequence, the carried state is `h_t = m h_new + (1 - m) h_prev`
+(likewise c) and the output is `y_t = m h_new`. So the gradient into the step is
+`dh_new = m (dh_state + dy_t)`, `dc_new = m dc_state`, and `(1 - m) dh_state`,
+`(1 - m) dc_state` flow straight to the previous step.
+
+Recurrent dropout. With the sequence's mask r, `z = p_t + (r h_prev) W_hh^T`, so
+`dh_prev = r (dz W_hh)` and `dW_hh = sum_t dz^T (r h_prev)`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+# Internally the gates are stored o, i, f, g: one sigmoid covers o, i, f in the forward,
+# and in the backward the three that scale with dc (i, f, g) sit side by side.
+_IFGO_TO_OIFG = (3, 0, 1, 2)
+_OIFG_TO_IFGO = (1, 2, 3, 0)
+
+
+def _reorder(gates: Tensor, order: tuple[int, ...]) -> Tensor:
+    """Reorder the four H-wide gate blocks along the last axis (..., 4H)."""
+    return gates.unflatten(-1, (4, -1))[..., order, :].flatten(-2)
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    """p (B, T, 4H), h0 (B, H), c0 (B, H), weight_hh (4H, H) -> y (B, T, H), h_T, c_T."""
+
+    @staticmethod
+    def forward(ctx, p, h0, c0, weight_hh, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
+        B, T, four_h = p.shape
+        H = four_h // 4
+        z_all = _reorder(p, _IFGO_TO_OIFG).transpose(0, 1).contiguous()  # (T, B, 4H), becomes the activated gates
+        w_t = _reorder(weight_hh.T, _IFGO_TO_OIFG)  # (H, 4H)
+        h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
+        c_all = p.new_empty(T + 1, B, H)
+        h_all[0], c_all[0] = h0, c0
+        tanh_c = p.new_empty(B, H)
+        masks = None if step_mask is None else step_mask.transpose(0, 1).unsqueeze(-1)  # (T, B, 1) bool
+        for t in range(T):
+            h_prev, c_prev, z = h_all[t], c_all[t], z_all[t]
+            h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
+            z.addmm_(h_in, w_t)
+            torch.sigmoid_(z[:, : 3 * H])
+            torch.tanh_(z[:, 3 * H :])
+            o, i, f, g = z.split(H, dim=1)
+            c, h = c_all[t + 1], h_all[t + 1]
+            torch.mul(f, c_prev, out=c).addcmul_(i, g)
+            torch.mul(o, torch.tanh(c, out=tanh_c), out=h)
+            if masks is not None:
+                torch.where(masks[t], c, c_prev, out=c)
+                torch.where(masks[t], h, h_prev, out=h)
+        y = h_all[1:]  # (T, B, H)
+        if masks is not None:
+            y = y * masks
+        ctx.save_for_backward(z_all, h_all, c_all, weight_hh, masks, recurrent_mask)
+        return y.transpose(0, 1), h_all[T].clone(), c_all[T].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_T, dc_T):
+        z_all, h_all, c_all, weight_hh, masks, recurrent_mask = ctx.saved_tensors
+        T, B, four_h = z_all.shape
+        H = four_h // 4
+        o, i, f, g = z_all.split(H, dim=2)  # each (T, B, H)
+        c_prev, c = c_all[:-1], c_all[1:]
+        tanh_c = torch.tanh(c)
+        # The factors of the derivation that do not depend on dh, dc: all steps at once.
+        dz_o_per_dh = tanh_c * o * (1 - o)  # (T, B, H)
+        dz_ifg_per_dc = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)  # (T, B, 3, H)
+        dc_per_dh = o * (1 - tanh_c * tanh_c)
+        if masks is not None:  # masked steps get no gradient, whatever (even NaN) their gates hold
+            dz_o_per_dh.masked_fill_(~masks, 0)
+            dc_per_dh.masked_fill_(~masks, 0)
+            dz_ifg_per_dc.masked_fill_(~masks.unsqueeze(-1), 0)
+            f = f.masked_fill(~masks, 0)
+        dy = dy.transpose(0, 1)  # (T, B, H)
+        if masks is not None:
+            dy = dy * masks
+        w = _reorder(weight_hh.T, _IFGO_TO_OIFG).T  # (4H, H)
+        dz_all = torch.empty_like(z_all)  # (T, B, 4H) gates o, i, f, g
+        dh_state = dh_T.clone() if dh_T is not None else dy.new_zeros(B, H)
+        dc_state = dc_T.clone() if dc_T is not None else dy.new_zeros(B, H)
+        for t in range(T - 1, -1, -1):
+            if masks is None:
+                dh = dh_state + dy[t]
+                dc = dc_state.addcmul_(dh, dc_per_dh[t])
+            else:
+                m = masks[t]
+                dh = torch.where(m, dh_state + dy[t], 0)
+                dc = torch.where(m, dc_state, 0).addcmul_(dh, dc_per_dh[t])
+            dz = dz_all[t]
+            torch.mul(dh, dz_o_per_dh[t], out=dz[:, :H])
+            torch.mul(dz_ifg_per_dc[t], dc.unsqueeze(1), out=dz[:, H:].view(B, 3, H))
+            dh_prev = dz @ w  # (B, H)
+            if recurrent_mask is not None:
+                dh_prev = dh_prev * recurrent_mask
+            dc_prev = dc * f[t]
+            if masks is not None:
+                dh_prev = dh_prev + torch.where(m, 0, dh_state)
+                dc_prev = dc_prev + torch.where(m, 0, dc_state)
+            dh_state, dc_state = dh_prev, dc_prev
+        h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
+        dz_all = _reorder(dz_all, _OIFG_TO_IFGO)  # gates back in i, f, g, o order
+        dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
+        dp = dz_all.transpose(0, 1)  # (B, T, 4H)
+        return dp, dh_state, dc_state, dweight_hh, None, None
+
+
+def lstm_recurrence(
+    p: Tensor,
+    state: tuple[Tensor, Tensor],
+    weight_hh: Tensor,
+    step_mask: Optional[Tensor] = None,
+    recurrent_mask: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the LSTM recurrence over the projected inputs p (B, T, 4H) from `state` (h0, c0).
+
+    Returns every output y (B, T, H) (zero at masked steps) and the final carried h, c.
+    """
+    h0, c0 = state
+    return LSTMRecurrence.apply(p, h0, c0, weight_hh, step_mask, recurrent_mask)

@@ -1,0 +1,125 @@
+"""The fused SimpleRNN (Elman network): a loop over time that does only the recurrent matmul
+and the activation, and a backward-through-time written by hand.
+
+Forward. The input side `p_t = W_ih x_t + b` of every step comes in precomputed
+(one matmul for the whole sequence, `Cell.project_input`); then for t = 1..T:
+
+    a = p_t + h_prev W_hh^T                      (B, H), one in-place addmm
+    h = act(a)                                   one in-place tanh or relu
+
+The addmm adds into h's slot, which already holds p_t. The h of every step is kept for
+the backward.
+
+Backward. `dh` is dL/dh_t (from the output y_t = h_t and from step t+1):
+
+    h = act(a)                 ->  da = dh act'(a),  act' = 1 - h^2 (tanh) or [h > 0] (relu)
+    a = p_t + h_prev W_hh^T    ->  dp_t = da,  dh_prev = da W_hh,  dW_hh += da^T h_prev
+
+`act'` does not depend on dh: it is computed for all steps at once before the reverse loop,
+so a step does one in-place mul (act' becomes da) and one addmm (into the slot that
+already holds dy_{t-1}).
+`dW_hh` is one matmul over all steps after the loop; `dW_ih`, `db` and `dx` follow from
+`dp` by autograd through the input projection.
+
+Masks. With m_t in {0, 1} per sequence, the carried state is `h_t = m h_new + (1 - m) h_prev`
+and the output is `y_t = m h_new`. So `da = dh m act'(a)` (the m joins the precomputed
+factor), the gradient from the output is m dy_t, and `(1 - m) dh` flows straight to the
+previous step (one addcmul more per step).
+
+Recurrent dropout. With the sequence's mask r, `a = p_t + (r h_prev) W_hh^T`, so
+`dh_prev = r (da W_hh)` and `dW_hh = sum_t da^T (r h_prev)`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+_ACTIVATIONS = {"tanh": torch.tanh_, "relu": torch.relu_}
+
+
+class SimpleRNNRecurrence(torch.autograd.Function):
+    """p (B, T, H), h0 (B, H), weight_hh (H, H) -> y (B, T, H), h_T; act "tanh" or "relu"."""
+
+    @staticmethod
+    def forward(ctx, p, h0, weight_hh, nonlinearity: str, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
+        ctx.set_materialize_grads(False)
+        if nonlinearity not in _ACTIVATIONS:
+            raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
+        act_ = _ACTIVATIONS[nonlinearity]
+        B, T, H = p.shape
+        w_t = weight_hh.T.contiguous()  # (H, H)
+        h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t; p_t until then
+        h_all[0], h_all[1:] = h0, p.transpose(0, 1)
+        h_in = p.new_empty(B, H)
+        masks = None if step_mask is None else step_mask.T.unsqueeze(-1)  # (T, B, 1) bool
+        hs = h_all.unbind(0)  # the per-step views, made once: cheaper than indexing in the loop
+        for t in range(T):
+            h_prev, h = hs[t], hs[t + 1]
+            if recurrent_mask is not None:
+                act_(h.addmm_(torch.mul(h_prev, recurrent_mask, out=h_in), w_t))
+            else:
+                act_(h.addmm_(h_prev, w_t))
+            if masks is not None:
+                torch.where(masks[t], h, h_prev, out=h)
+        y = h_all[1:]  # (T, B, H)
+        if masks is not None:
+            y = y * masks
+        ctx.save_for_backward(h_all, weight_hh, masks, recurrent_mask)
+        ctx.nonlinearity = nonlinearity
+        return y.transpose(0, 1), h_all[T].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_T):
+        h_all, weight_hh, masks, recurrent_mask = ctx.saved_tensors
+        T, (B, H) = h_all.shape[0] - 1, h_all.shape[1:]  # h_all holds h0 too
+        h_prev, h = h_all[:-1], h_all[1:]  # each (T, B, H)
+        # act'(a) for all steps at once; it becomes da. At a masked step h is h_prev, but m zeroes it.
+        # (relu: h >= 0 at a real step, so sign(h) is [h > 0].)
+        da_all = 1 - h * h if ctx.nonlinearity == "tanh" else h.sign()  # (T, B, H)
+        if masks is not None:
+            da_all.mul_(masks)
+            passes = (~masks).to(h.dtype)  # (T, B, 1): 1 - m
+        dh_all = h_all.new_empty(T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
+        dh_all[0] = 0
+        if dy is None:
+            dh_all[1:] = 0
+        else:
+            dh_all[1:] = dy.transpose(0, 1) if masks is None else dy.transpose(0, 1) * masks
+        if dh_T is not None:
+            dh_all[T] += dh_T
+        da_w = h_all.new_empty(B, H)
+        das, dhs = da_all.unbind(0), dh_all.unbind(0)  # the per-step views, made once
+        for t in range(T - 1, -1, -1):
+            dh, dh_prev = dhs[t + 1], dhs[t]
+            da = das[t].mul_(dh)
+            if recurrent_mask is not None:
+                dh_prev.addcmul_(torch.mm(da, weight_hh, out=da_w), recurrent_mask)
+            else:
+                dh_prev.addmm_(da, weight_hh)
+            if masks is not None:
+                dh_prev.addcmul_(dh, passes[t])
+        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask  # (T, B, H)
+        dweight_hh = da_all.reshape(T * B, H).T @ h_in.reshape(T * B, H)  # (H, H)
+        dp = da_all.transpose(0, 1)  # (B, T, H)
+        return dp, dh_all[0], dweight_hh, None, None, None
+
+
+def simple_rnn_recurrence(
+    p: Tensor,
+    h0: Tensor,
+    weight_hh: Tensor,
+    nonlinearity: str = "tanh",
+    step_mask: Optional[Tensor] = None,
+    recurrent_mask: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the SimpleRNN recurrence `h = act(p_t + h_prev W_hh^T)` over the projected inputs
+    p (B, T, H) from h0 (B, H), act "tanh" or "relu".
+
+    Returns every output y (B, T, H) (zero at masked steps) and the final carried h.
+    """
+    return SimpleRNNRecurrence.apply(p, h0, weight_hh, nonlinearity, step_mask, recurrent_mask)

@@ -1,0 +1,123 @@
+"""The three paths of LSTM / GRU / SimpleRNN (vendor, fused, loop) agree, and dispatch explains itself."""
+
+import pytest
+import torch
+
+import longshort as ls
+
+LAYERS = {
+    "LSTM": lambda **kw: ls.LSTM(4, 3, **kw),
+    "GRU": lambda **kw: ls.GRU(4, 3, **kw),
+    "SimpleRNN tanh": lambda **kw: ls.SimpleRNN(4, 3, **kw),
+    "SimpleRNN relu": lambda **kw: ls.SimpleRNN(4, 3, activation="relu", **kw),
+}
+
+
+def _outputs_and_grads(layer, x, **call):
+    x = x.detach().clone().requires_grad_()
+    outputs = layer(x, **call)
+    sum(o.sin().sum() for o in outputs).backward()
+    grads = [x.grad] + [p.grad for p in layer.parameters()]
+    return [o.detach() for o in outputs], grads
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_every_path_gives_the_same_outputs_and_gradients(kind, masked, go_backwards):
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 3, dtype=torch.float64)
+    call = {"lengths": torch.tensor([6, 2, 0])} if masked else {}
+    paths = ["fused", "loop"] if masked else ["vendor", "fused", "loop"]
+    options = dict(return_sequences=True, return_state=True, go_backwards=go_backwards)
+    reference = LAYERS[kind](implementation="loop", **options).double()
+    initial = reference.cell.initial_state(3, x)
+    initial = ls.rnn.map_state(lambda s: torch.randn_like(s), initial)
+    expected = _outputs_and_grads(reference, x, initial_state=initial, **call)
+    for path in paths:
+        layer = LAYERS[kind](implementation=path, **options).double()
+        layer.load_state_dict(reference.state_dict())
+        got = _outputs_and_grads(layer, x, initial_state=initial, **call)
+        assert layer.last_dispatch.implementation == path
+        for ours, theirs in zip(got[0] + got[1], expected[0] + expected[1]):
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_last_output_without_return_sequences_agrees(kind):
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 3)
+    lengths = torch.tensor([5, 1, 3])
+    loop = LAYERS[kind](implementation="loop")
+    fused = LAYERS[kind](implementation="fused")
+    fused.load_state_dict(loop.state_dict())
+    torch.testing.assert_close(fused(x, lengths=lengths), loop(x, lengths=lengths))
+
+
+def test_recurrent_dropout_fused_equals_loop_with_the_same_masks():
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 3, dtype=torch.float64)
+    results = []
+    for path in ("fused", "loop"):
+        layer = ls.LSTM(5, 3, dropout=0.3, recurrent_dropout=0.4, return_sequences=True, implementation=path).double()
+        torch.manual_seed(1)  # same weights
+        layer.cell.reset_parameters()
+        torch.manual_seed(2)  # same dropout masks
+        results.append(_outputs_and_grads(layer, x, lengths=torch.tensor([7, 3, 5, 1])))
+    for ours, theirs in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_prefers_vendor_and_says_why_it_falls_back():
+    assert ls.LSTM(4).dispatch() == ls.dispatch.Dispatch("vendor", {})
+    masked = ls.LSTM(4).dispatch(masked=True)
+    assert masked.implementation == "fused" and "takes no mask" in masked.refused["vendor"]
+    dropped = ls.GRU(4, recurrent_dropout=0.2).dispatch()
+    assert dropped.implementation == "fused" and "no recurrent dropout" in dropped.refused["vendor"]
+    custom = ls.LSTM(4, recurrent_activation="hard_sigmoid").dispatch()
+    assert custom.implementation == "loop"
+    assert "computes only tanh as activation and sigmoid" in custom.refused["fused"]
+    assert ls.SimpleRNN(4, activation="relu").dispatch().implementation == "vendor"
+
+
+def test_last_dispatch_records_the_path_of_the_last_call():
+    layer = ls.LSTM(4, 3)
+    x = torch.randn(2, 5, 3)
+    layer(x)
+    assert layer.last_dispatch.implementation == "vendor"
+    layer(x, lengths=torch.tensor([5, 2]))
+    assert layer.last_dispatch.implementation == "fused"
+
+
+def test_asking_for_a_path_that_cannot_run_raises():
+    with pytest.raises(ValueError, match="implementation='vendor'.*no recurrent dropout"):
+        ls.LSTM(4, recurrent_dropout=0.1, implementation="vendor")
+    with pytest.raises(ValueError, match="implementation='fused'.*computes only tanh"):
+        ls.GRU(4, activation="relu", implementation="fused")
+    layer = ls.LSTM(4, 3, implementation="vendor")
+    with pytest.raises(ValueError, match="takes no mask"):
+        layer(torch.randn(2, 5, 3), lengths=torch.tensor([5, 2]))
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        ls.LSTM(4, implementation="cudnn")
+
+
+def test_compiled_custom_cell_matches_eager():
+    class TinyCell(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.kernel = torch.nn.Linear(3, 2)
+
+        def initial_state(self, batch_size, like):
+            return like.new_zeros(batch_size, 2)
+
+        def forward(self, x_t, h_prev):
+            h = torch.tanh(self.kernel(x_t) + h_prev.flip(-1))
+            return h, h
+
+    torch.manual_seed(0)
+    eager = ls.RNN(TinyCell(), return_sequences=True)
+    compiled = ls.RNN(TinyCell(), return_sequences=True, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 4, 3)
+    torch.testing.assert_close(compiled(x, lengths=torch.tensor([4, 2])), eager(x, lengths=torch.tensor([4, 2])))
+    assert compiled.compile_seconds > 0 and eager.compile_seconds is None
