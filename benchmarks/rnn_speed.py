@@ -7,7 +7,8 @@ outputs) of:
     torch.nn.LSTM            the vendor kernel (oneDNN on CPU): every ratio is against it
     ls.LSTM (auto)           longshort's default dispatch
     ls.LSTM (fused)          the fused loop with hand-written backward-through-time
-    ls.RNN(LSTMCell)         the generic loop over the readable cell
+    ls.RNN(LSTMCell) loop    the generic loop over the readable cell (implementation="loop";
+                             by default RNN(LSTMCell) dispatches exactly as ls.LSTM does)
     custom cell              a user-written LSTM cell through ls.RNN (see `UserLSTMCell`)
     custom cell (compiled)   the same cell with ls.RNN(..., compile=True)
     nn.LSTMCell loop         the naive Python loop over torch's own cell
@@ -106,7 +107,7 @@ def implementations(point: Point) -> dict[str, Callable[[Tensor], Tensor]]:
         "torch.nn.LSTM": lambda x: reference(x)[0],
         "ls.LSTM (auto)": ls.LSTM.from_torch(reference, return_sequences=True),
         "ls.LSTM (fused)": _with_implementation(ls.LSTM.from_torch(reference, return_sequences=True), "fused"),
-        "ls.RNN(LSTMCell)": ls.RNN(ls.LSTMCell(H, H), return_sequences=True),
+        "ls.RNN(LSTMCell) loop": ls.RNN(ls.LSTMCell(H, H), return_sequences=True, implementation="loop"),
         "custom cell": custom,
         "custom cell (compiled)": compiled,
         "nn.LSTMCell loop": lambda x: naive_cell_loop(naive, x),
@@ -114,7 +115,7 @@ def implementations(point: Point) -> dict[str, Callable[[Tensor], Tensor]]:
 
 
 def _with_implementation(layer: ls.LSTM, implementation: str) -> ls.LSTM:
-    layer._set_implementation(implementation)
+    layer.implementation = implementation
     return layer
 
 
@@ -190,7 +191,7 @@ def memory_child(name: str, point: Point) -> None:
 
 
 def memory_table(point: Point) -> list[str]:
-    names = ["torch.nn.LSTM", "ls.LSTM (auto)", "ls.LSTM (fused)", "ls.RNN(LSTMCell)", "nn.LSTMCell loop"]
+    names = ["torch.nn.LSTM", "ls.LSTM (auto)", "ls.LSTM (fused)", "ls.RNN(LSTMCell) loop", "nn.LSTMCell loop"]
     rows = [f"Peak memory growth of one training step, B={point.batch}, T={point.time}, H=F={point.hidden} (fresh process each):", ""]
     rows += ["| implementation | MiB | vs torch.nn.LSTM |", "|---|---:|---:|"]
     baseline = None

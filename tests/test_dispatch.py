@@ -76,7 +76,7 @@ def test_auto_prefers_vendor_and_says_why_it_falls_back():
     assert dropped.implementation == "fused" and "no recurrent dropout" in dropped.refused["vendor"]
     custom = ls.LSTM(4, recurrent_activation="hard_sigmoid").dispatch()
     assert custom.implementation == "loop"
-    assert "computes only tanh as activation and sigmoid" in custom.refused["fused"]
+    assert "compute only tanh as activation and sigmoid" in custom.refused["fused"]
     assert ls.SimpleRNN(4, activation="relu").dispatch().implementation == "vendor"
 
 
@@ -92,7 +92,7 @@ def test_last_dispatch_records_the_path_of_the_last_call():
 def test_asking_for_a_path_that_cannot_run_raises():
     with pytest.raises(ValueError, match="implementation='vendor'.*no recurrent dropout"):
         ls.LSTM(4, recurrent_dropout=0.1, implementation="vendor")
-    with pytest.raises(ValueError, match="implementation='fused'.*computes only tanh"):
+    with pytest.raises(ValueError, match="implementation='fused'.*compute only tanh"):
         ls.GRU(4, activation="relu", implementation="fused")
     layer = ls.LSTM(4, 3, implementation="vendor")
     with pytest.raises(ValueError, match="takes no mask"):
@@ -121,3 +121,38 @@ def test_compiled_custom_cell_matches_eager():
     x = torch.randn(2, 4, 3)
     torch.testing.assert_close(compiled(x, lengths=torch.tensor([4, 2])), eager(x, lengths=torch.tensor([4, 2])))
     assert compiled.compile_seconds > 0 and eager.compile_seconds is None
+
+
+def test_rnn_of_a_builtin_cell_dispatches_like_the_layer():
+    assert ls.RNN(ls.LSTMCell(4)).dispatch().implementation == "vendor"
+    assert ls.RNN(ls.GRUCell(4)).dispatch(masked=True).implementation == "fused"
+
+
+def test_a_cell_that_changes_the_math_runs_the_loop():
+    class LeakyLSTMCell(ls.LSTMCell):
+        def recur(self, p_t, state):
+            h, new_state = super().recur(p_t, state)
+            return 0.5 * h, ls.LSTMState(0.5 * new_state.h, new_state.c)
+
+    layer = ls.RNN(LeakyLSTMCell(4, 3))
+    decision = layer.dispatch()
+    assert decision.implementation == "loop"
+    assert "LeakyLSTMCell overrides recur" in decision.refused["vendor"]
+    plain = ls.RNN(ls.LSTMCell(4, 3))
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 1, 3)  # one step from zeros: the leaky cell halves the plain output
+    torch.testing.assert_close(layer(x), 0.5 * plain(x))
+
+
+def test_a_user_cell_without_kernels_runs_the_loop():
+    class UserCell(torch.nn.Module):
+        def initial_state(self, batch_size, like):
+            return like.new_zeros(batch_size, 3)
+
+        def forward(self, x_t, h_prev):
+            return torch.tanh(x_t + h_prev), torch.tanh(x_t + h_prev)
+
+    decision = ls.RNN(UserCell()).dispatch()
+    assert decision == ls.dispatch.Dispatch("loop", {"vendor": "UserCell has no vendor kernel", "fused": "UserCell has no fused kernel"})
+    with pytest.raises(ValueError, match="UserCell has no fused kernel"):
+        ls.RNN(UserCell(), implementation="fused")

@@ -167,11 +167,11 @@ def test_rnn_of_cell_equals_layer(kind: Kind):
     x = torch.randn(B, T, F)
     assert not torch.allclose(generic(x)[0], layer(x)[0])  # different weights before loading
     generic.load_state_dict(layer_sd)
-    for a, b in zip(generic(x), layer(x), strict=True):  # the layer runs the fastest path (vendor here)
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    layer._set_implementation("loop")  # the same loop over the same cell: bit for bit
-    for a, b in zip(generic(x), layer(x), strict=True):
-        assert torch.equal(a, b)
+    for implementation in ("auto", "loop"):  # both dispatch alike: the same path, bit for bit
+        generic.implementation = layer.implementation = implementation
+        for a, b in zip(generic(x), layer(x), strict=True):
+            assert torch.equal(a, b)
+        assert generic.last_dispatch == layer.last_dispatch
 
 
 # -- gradcheck -----------------------------------------------------------------------------

@@ -59,6 +59,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from longshort._lazy import LazyInput, check_size
 from longshort.activations import ActivationSpec, get_activation
+from longshort.fused_gru import gru_recurrence
+from longshort.fused_lstm import lstm_recurrence
+from longshort.fused_simple_rnn import simple_rnn_recurrence
 
 Initializer = Callable[[Tensor], Tensor]
 
@@ -180,8 +183,59 @@ class Cell(LazyInput):
             return x
         return x * (mask[:, None] if x.dim() == 3 else mask)
 
+    # -- fast paths over a whole sequence (longshort.dispatch picks one) ---------------------
+    def kernel_refusal(self) -> Optional[str]:
+        """Why the vendor and fused kernels cannot compute this cell's step (None if they can)."""
+        raise NotImplementedError
+
+    def vendor_refusal(self, masked: bool) -> Optional[str]:
+        if masked:
+            return "torch's kernel takes no mask"
+        if self.recurrent_dropout:
+            return "torch's kernel has no recurrent dropout"
+        return self.kernel_refusal()
+
+    def fused_refusal(self, masked: bool) -> Optional[str]:
+        return self.kernel_refusal()
+
+    def vendor_kernel(self):
+        """torch.lstm, torch.gru, torch.rnn_tanh or torch.rnn_relu: what torch.nn runs for this cell."""
+        raise NotImplementedError
+
+    def torch_biases(self) -> list[Tensor]:
+        """`bias_ih`, `bias_hh` as torch.nn keeps them: ours and zeros, for one-bias cells."""
+        return [self.bias, torch.zeros_like(self.bias)]
+
+    def run_vendor(self, x: Tensor, state):
+        """The whole sequence through torch's kernel: returns all outputs, the last one, the final state."""
+        x = self._variational_dropout(x, "input")
+        weights = [self.weight_ih, self.weight_hh] + (self.torch_biases() if self.use_bias else [])
+        leaves = [leaf.unsqueeze(0) for leaf in (state if isinstance(state, tuple) else (state,))]  # (1, B, H) each
+        hx = tuple(leaves) if isinstance(state, tuple) else leaves[0]
+        y, *final = self.vendor_kernel()(x, hx, weights, self.use_bias, 1, 0.0, self.training, False, True)
+        final = [leaf.squeeze(0) for leaf in final]
+        return y, y[:, -1], (LSTMState(*final) if isinstance(state, tuple) else final[0])
+
+    def run_fused(self, x: Tensor, state, mask: Optional[Tensor]):
+        """The whole sequence through longshort's fused kernel: all outputs, the last one, the final state."""
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"units={self.units}, input_size={self.input_size}, use_bias={self.use_bias}"
+
+
+def _last(y: Tensor, h: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """The output of the last real step: y at T, or with a mask the carried h (zero if no real step)."""
+    return y[:, -1] if mask is None else h * mask.any(dim=1, keepdim=True)
+
+
+def _gated_kernel_refusal(cell: Cell, own_recur) -> Optional[str]:
+    """The kernels of LSTM and GRU compute their cell's own `recur` with tanh and sigmoid only."""
+    if type(cell).recur is not own_recur:
+        return f"{type(cell).__name__} overrides recur, which the kernels do not compute"
+    if cell.activation is not torch.tanh or cell.recurrent_activation is not torch.sigmoid:
+        return "the kernels compute only tanh as activation and sigmoid as recurrent_activation"
+    return None
 
 
 class LSTMCell(Cell):
@@ -248,6 +302,17 @@ class LSTMCell(Cell):
         h = o * self.activation(c)
         return h, LSTMState(h, c)
 
+    def kernel_refusal(self) -> Optional[str]:
+        return _gated_kernel_refusal(self, LSTMCell.recur)
+
+    def vendor_kernel(self):
+        return torch.lstm
+
+    def run_fused(self, x: Tensor, state: LSTMState, mask: Optional[Tensor]):
+        h0, c0 = state
+        y, h, c = lstm_recurrence(self.project_input(x), (h0, c0), self.weight_hh, mask, self.dropout_mask("recurrent", h0))
+        return y, _last(y, h, mask), LSTMState(h, c)
+
 
 class GRUCell(Cell):
     r"""Gated Recurrent Unit (Cho et al. 2014), in the form of `torch.nn.GRUCell`.
@@ -305,6 +370,19 @@ class GRUCell(Cell):
         h = (1 - z) * n + z * h_prev
         return h, h
 
+    def kernel_refusal(self) -> Optional[str]:
+        return _gated_kernel_refusal(self, GRUCell.recur)
+
+    def vendor_kernel(self):
+        return torch.gru
+
+    def torch_biases(self) -> list[Tensor]:
+        return [self.bias_ih, self.bias_hh]
+
+    def run_fused(self, x: Tensor, h0: Tensor, mask: Optional[Tensor]):
+        y, h = gru_recurrence(self.project_input(x), h0, self.weight_hh, self.bias_hh, mask, self.dropout_mask("recurrent", h0))
+        return y, _last(y, h, mask), h
+
 
 class SimpleRNNCell(Cell):
     r"""The Elman network: :math:`h_t = \mathrm{act}(W_{ih} x_t + W_{hh} h_{t-1} + b)`, act tanh or ReLU.
@@ -338,3 +416,20 @@ class SimpleRNNCell(Cell):
     def recur(self, p_t: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
         h = self.activation(p_t + self._variational_dropout(h_prev, "recurrent") @ self.weight_hh.T)
         return h, h
+
+    def nonlinearity(self) -> Optional[str]:
+        """"tanh" or "relu", torch.nn.RNN's name for the activation; None for any other."""
+        return {torch.tanh: "tanh", torch.relu: "relu"}.get(self.activation)
+
+    def kernel_refusal(self) -> Optional[str]:
+        if type(self).recur is not SimpleRNNCell.recur:
+            return f"{type(self).__name__} overrides recur, which the kernels do not compute"
+        return None if self.nonlinearity() else "the kernels compute only tanh or relu as activation"
+
+    def vendor_kernel(self):
+        return torch.rnn_tanh if self.nonlinearity() == "tanh" else torch.rnn_relu
+
+    def run_fused(self, x: Tensor, h0: Tensor, mask: Optional[Tensor]):
+        p = self.project_input(x)  # (B, T, H)
+        y, h = simple_rnn_recurrence(p, h0, self.weight_hh, self.nonlinearity(), mask, self.dropout_mask("recurrent", h0))
+        return y, _last(y, h, mask), h

@@ -71,16 +71,18 @@ class LSTMRecurrence(torch.autograd.Function):
         h_all[0], c_all[0] = h0, c0
         tanh_c = p.new_empty(B, H)
         masks = None if step_mask is None else step_mask.transpose(0, 1).unsqueeze(-1)  # (T, B, 1) bool
+        # The per-step views, made once: cheaper than indexing in the loop.
+        zs, sigmoid_parts, tanh_parts = z_all.unbind(0), z_all[..., : 3 * H].unbind(0), z_all[..., 3 * H :].unbind(0)
+        os, is_, fs, gs = (gate.unbind(0) for gate in z_all.split(H, dim=2))
+        hs, cs = h_all.unbind(0), c_all.unbind(0)
+        h_in = p.new_empty(B, H)
         for t in range(T):
-            h_prev, c_prev, z = h_all[t], c_all[t], z_all[t]
-            h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
-            z.addmm_(h_in, w_t)
-            torch.sigmoid_(z[:, : 3 * H])
-            torch.tanh_(z[:, 3 * H :])
-            o, i, f, g = z.split(H, dim=1)
-            c, h = c_all[t + 1], h_all[t + 1]
-            torch.mul(f, c_prev, out=c).addcmul_(i, g)
-            torch.mul(o, torch.tanh(c, out=tanh_c), out=h)
+            h_prev, c_prev, c, h = hs[t], cs[t], cs[t + 1], hs[t + 1]
+            zs[t].addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
+            sigmoid_parts[t].sigmoid_()  # o, i, f
+            tanh_parts[t].tanh_()  # g
+            torch.mul(fs[t], c_prev, out=c).addcmul_(is_[t], gs[t])
+            torch.mul(os[t], torch.tanh(c, out=tanh_c), out=h)
             if masks is not None:
                 torch.where(masks[t], c, c_prev, out=c)
                 torch.where(masks[t], h, h_prev, out=h)
@@ -115,24 +117,27 @@ class LSTMRecurrence(torch.autograd.Function):
         dz_all = torch.empty_like(z_all)  # (T, B, 4H) gates o, i, f, g
         dh_state = dh_T.clone() if dh_T is not None else dy.new_zeros(B, H)
         dc_state = dc_T.clone() if dc_T is not None else dy.new_zeros(B, H)
+        # The per-step views, made once: cheaper than indexing in the loop.
+        dys, fs, dc_per_dhs, dz_o_per_dhs, dz_ifg_per_dcs = (v.unbind(0) for v in (dy, f, dc_per_dh, dz_o_per_dh, dz_ifg_per_dc))
+        dzs, dz_os, dz_ifgs = dz_all.unbind(0), dz_all[..., :H].unbind(0), dz_all[..., H:].unflatten(-1, (3, H)).unbind(0)
+        ms = None if masks is None else masks.unbind(0)
         for t in range(T - 1, -1, -1):
-            if masks is None:
-                dh = dh_state + dy[t]
-                dc = dc_state.addcmul_(dh, dc_per_dh[t])
+            if ms is None:
+                dh = dh_state + dys[t]
+                dc = dc_state.addcmul_(dh, dc_per_dhs[t])
             else:
-                m = masks[t]
-                dh = torch.where(m, dh_state + dy[t], 0)
-                dc = torch.where(m, dc_state, 0).addcmul_(dh, dc_per_dh[t])
-            dz = dz_all[t]
-            torch.mul(dh, dz_o_per_dh[t], out=dz[:, :H])
-            torch.mul(dz_ifg_per_dc[t], dc.unsqueeze(1), out=dz[:, H:].view(B, 3, H))
-            dh_prev = dz @ w  # (B, H)
+                m = ms[t]
+                dh = torch.where(m, dh_state + dys[t], 0)
+                dc = torch.where(m, dc_state, 0).addcmul_(dh, dc_per_dhs[t])
+            torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
+            torch.mul(dz_ifg_per_dcs[t], dc.unsqueeze(1), out=dz_ifgs[t])
+            dh_prev = dzs[t] @ w  # (B, H)
             if recurrent_mask is not None:
-                dh_prev = dh_prev * recurrent_mask
-            dc_prev = dc * f[t]
-            if masks is not None:
-                dh_prev = dh_prev + torch.where(m, 0, dh_state)
-                dc_prev = dc_prev + torch.where(m, 0, dc_state)
+                dh_prev.mul_(recurrent_mask)
+            dc_prev = dc * fs[t]
+            if ms is not None:
+                dh_prev += torch.where(m, 0, dh_state)
+                dc_prev += torch.where(m, 0, dc_state)
             dh_state, dc_state = dh_prev, dc_prev
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dz_all = _reorder(dz_all, _OIFG_TO_IFGO)  # gates back in i, f, g, o order

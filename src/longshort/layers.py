@@ -15,21 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from longshort.activations import ActivationSpec
-from longshort.cells import Cell, GRUCell, Initializer, LSTMCell, LSTMState, SimpleRNNCell
-from longshort.dispatch import Dispatcher
-from longshort.fused_gru import gru_recurrence
-from longshort.fused_lstm import lstm_recurrence
-from longshort.fused_simple_rnn import simple_rnn_recurrence
-from longshort.rnn import RNN, State, flatten_state
+from longshort.cells import Cell, GRUCell, Initializer, LSTMCell, SimpleRNNCell
+from longshort.rnn import RNN
 
 
-class TorchLayer(Dispatcher):
-    """A layer whose cell mirrors a `torch.nn` recurrent module: `from_torch` / `to_torch`, and
-    the vendor path, which runs torch's own kernel on our weights.
+class TorchLayer(RNN):
+    """A layer whose cell mirrors a `torch.nn` recurrent module: `from_torch` / `to_torch`.
 
-    A subclass names the module (`torch_class`), says how biases map (`_biases_from_torch`,
-    `_biases_to_torch`; the weights map one to one) and which activations torch has
-    (`_unsupported_activations`).
+    A subclass names the module (`torch_class`) and says how torch's biases map onto its
+    cell's (`_biases_from_torch`; the cell's `torch_biases` maps back); weights map one to one.
     """
 
     torch_class: type[nn.RNNBase]
@@ -77,7 +71,7 @@ class TorchLayer(Dispatcher):
             module.weight_ih_l0.copy_(cell.weight_ih)
             module.weight_hh_l0.copy_(cell.weight_hh)
             if cell.use_bias:
-                bias_ih, bias_hh = self._biases_to_torch(cell.biases())
+                bias_ih, bias_hh = cell.torch_biases()
                 module.bias_ih_l0.copy_(bias_ih)
                 module.bias_hh_l0.copy_(bias_hh)
         return module
@@ -87,62 +81,15 @@ class TorchLayer(Dispatcher):
     def _biases_from_torch(bias_ih: Tensor, bias_hh: Tensor) -> list[Tensor]:
         return [bias_ih + bias_hh]
 
-    @staticmethod
-    def _biases_to_torch(biases: list[Tensor]) -> list[Tensor]:
-        return [biases[0], torch.zeros_like(biases[0])]
-
     @classmethod
     def _cell_options_from_torch(cls, module: nn.RNNBase) -> dict:
         return {}
 
     def _torch_options(self) -> dict:
-        if self._unsupported_activations() is not None:
-            raise ValueError(f"{self.torch_class.__name__} cannot hold this layer: it has only {self._unsupported_activations()}")
+        reason = self.cell.kernel_refusal()
+        if reason is not None:
+            raise ValueError(f"{self.torch_class.__name__} cannot hold this layer: {reason}")
         return {}
-
-    def _unsupported_activations(self) -> Optional[str]:
-        """None if torch's kernels (and ours) compute this cell's activations, else the ones they do compute."""
-        cell = self.cell
-        if cell.activation is not torch.tanh or cell.recurrent_activation is not torch.sigmoid:
-            return "tanh as activation and sigmoid as recurrent_activation"
-        return None
-
-    # -- the vendor path ----------------------------------------------------------------------
-    def _vendor_refusal(self, masked: bool) -> Optional[str]:
-        if masked:
-            return f"{self.torch_class.__name__}'s kernel takes no mask"
-        if self.cell.recurrent_dropout:
-            return f"{self.torch_class.__name__}'s kernel has no recurrent dropout"
-        if self._unsupported_activations() is not None:
-            return f"{self.torch_class.__name__}'s kernel computes only {self._unsupported_activations()}"
-        return None
-
-    def _vendor_function(self):
-        """torch.lstm, torch.gru, torch.rnn_tanh or torch.rnn_relu."""
-        raise NotImplementedError
-
-    def _run_vendor(self, x: Tensor, state: State):
-        cell = self.cell
-        x = cell._variational_dropout(x, "input")
-        weights = [cell.weight_ih, cell.weight_hh]
-        if cell.use_bias:
-            weights += self._biases_to_torch(cell.biases())
-        leaves = [leaf.unsqueeze(0) for leaf in flatten_state(state)]  # (1, B, H): torch's (layers, batch, H)
-        hx = leaves[0] if isinstance(state, Tensor) else tuple(leaves)
-        y, *final = self._vendor_function()(x, hx, weights, cell.use_bias, 1, 0.0, self.training, False, True)
-        final = [leaf.squeeze(0) for leaf in final]
-        return y, y[:, -1], (final[0] if isinstance(state, Tensor) else LSTMState(*final))
-
-    # -- the fused path ---------------------------------------------------------------------------
-    def _fused_refusal(self, masked: bool) -> Optional[str]:
-        if self._unsupported_activations() is not None:
-            return f"the fused kernel computes only {self._unsupported_activations()}"
-        return None
-
-    @staticmethod
-    def _last(y: Tensor, h: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """The output of the last real step: y at T, or with a mask the carried h (zero if no real step)."""
-        return y[:, -1] if mask is None else h * mask.any(dim=1, keepdim=True)
 
 
 class LSTM(TorchLayer):
@@ -180,17 +127,7 @@ class LSTM(TorchLayer):
             kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
             bias_initializer=bias_initializer,
         )
-        super().__init__(cell, return_sequences, return_state, go_backwards, stateful)
-        self._set_implementation(implementation)
-
-    def _vendor_function(self):
-        return torch.lstm
-
-    def _run_fused(self, x: Tensor, state: LSTMState, mask: Optional[Tensor]):
-        cell = self.cell
-        h0, c0 = state
-        y, h, c = lstm_recurrence(cell.project_input(x), (h0, c0), cell.weight_hh, mask, cell.dropout_mask("recurrent", h0))
-        return y, self._last(y, h, mask), LSTMState(h, c)
+        super().__init__(cell, return_sequences, return_state, go_backwards, stateful, implementation)
 
 
 class GRU(TorchLayer):
@@ -222,25 +159,12 @@ class GRU(TorchLayer):
             dropout=dropout, recurrent_dropout=recurrent_dropout, kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
         )
-        super().__init__(cell, return_sequences, return_state, go_backwards, stateful)
-        self._set_implementation(implementation)
+        super().__init__(cell, return_sequences, return_state, go_backwards, stateful, implementation)
 
     # GRU keeps both biases, exactly as torch does.
     @staticmethod
     def _biases_from_torch(bias_ih: Tensor, bias_hh: Tensor) -> list[Tensor]:
         return [bias_ih, bias_hh]
-
-    @staticmethod
-    def _biases_to_torch(biases: list[Tensor]) -> list[Tensor]:
-        return [biases[0], biases[1]]
-
-    def _vendor_function(self):
-        return torch.gru
-
-    def _run_fused(self, x: Tensor, h0: Tensor, mask: Optional[Tensor]):
-        cell = self.cell
-        y, h = gru_recurrence(cell.project_input(x), h0, cell.weight_hh, cell.bias_hh, mask, cell.dropout_mask("recurrent", h0))
-        return y, self._last(y, h, mask), h
 
 
 class SimpleRNN(TorchLayer):
@@ -271,8 +195,7 @@ class SimpleRNN(TorchLayer):
             recurrent_dropout=recurrent_dropout, kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
         )
-        super().__init__(cell, return_sequences, return_state, go_backwards, stateful)
-        self._set_implementation(implementation)
+        super().__init__(cell, return_sequences, return_state, go_backwards, stateful, implementation)
 
     @classmethod
     def _cell_options_from_torch(cls, module: nn.RNNBase) -> dict:
@@ -280,19 +203,4 @@ class SimpleRNN(TorchLayer):
 
     def _torch_options(self) -> dict:
         super()._torch_options()
-        return {"nonlinearity": self._nonlinearity()}
-
-    def _nonlinearity(self) -> Optional[str]:
-        return {torch.tanh: "tanh", torch.relu: "relu"}.get(self.cell.activation)
-
-    def _unsupported_activations(self) -> Optional[str]:
-        return "tanh or relu as activation" if self._nonlinearity() is None else None
-
-    def _vendor_function(self):
-        return torch.rnn_tanh if self._nonlinearity() == "tanh" else torch.rnn_relu
-
-    def _run_fused(self, x: Tensor, h0: Tensor, mask: Optional[Tensor]):
-        cell = self.cell
-        p = cell.project_input(x)  # (B, T, H)
-        y, h = simple_rnn_recurrence(p, h0, cell.weight_hh, self._nonlinearity(), mask, cell.dropout_mask("recurrent", h0))
-        return y, self._last(y, h, mask), h
+        return {"nonlinearity": self.cell.nonlinearity()}

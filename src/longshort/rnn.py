@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from longshort._validate import check_sequence, resolve_mask
+from longshort.dispatch import Dispatch, check_implementation, choose
 
 logger = logging.getLogger("longshort")
 
@@ -76,8 +77,10 @@ class RNN(nn.Module):
       `return_sequences` the outputs come in that reversed order (as in Keras).
     * `stateful`: the final state of one call is the initial state of the next (detached,
       for truncated back-propagation through time); `reset_states()` clears it.
-    * `compile`: run the cell's step through `torch.compile` (see `_compiled`); the first call
-      pays the compile time, reported in `compile_seconds`.
+    * `implementation`: "auto" (default), "vendor", "fused" or "loop"; see `longshort.dispatch`.
+      `dispatch()` tells which path runs and why the others were refused.
+    * `compile`: run the cell's step through `torch.compile` in the loop path (see `_compiled`);
+      the first call pays the compile time, reported in `compile_seconds`.
     """
 
     accepts_mask = True
@@ -89,6 +92,7 @@ class RNN(nn.Module):
         return_state: bool = False,
         go_backwards: bool = False,
         stateful: bool = False,
+        implementation: str = "auto",
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -101,6 +105,10 @@ class RNN(nn.Module):
         self.go_backwards = go_backwards
         self.stateful = stateful
         self.state: Optional[State] = None  # the carried state when stateful
+        self.implementation = check_implementation(implementation)
+        self.last_dispatch: Optional[Dispatch] = None
+        if implementation != "auto":
+            self.dispatch()  # a configuration the path can never run fails now, not at the first call
         self.compile = compile
         self.compile_seconds: Optional[float] = None  # how long the first compiled step took
         self._compiled_step = None
@@ -141,21 +149,34 @@ class RNN(nn.Module):
         output = outputs if self.return_sequences else last  # (B, T, H) or (B, H)
         return (output, *flatten_state(state)) if self.return_state else output
 
-    def run(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
-        """The loop over time, step by step through the cell.
+    def dispatch(self, masked: bool = False) -> Dispatch:
+        """The path (vendor, fused or loop) a call, with a mask if `masked`, takes, and why each
+        other path was refused (see `longshort.dispatch`)."""
+        return choose(self.implementation, self.cell, masked, type(self).__name__)
 
-        Returns every output (B, T, ...) if `return_sequences` (else None), the last
-        output (of the last real step), and the final state.
-        """
+    def run(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
+        """Run the sequence by the path `dispatch` picks. Returns every output (B, T, ...) (or
+        None when not needed), the last output (of the last real step), and the final state."""
+        self.last_dispatch = self.dispatch(masked=mask is not None)
+        path = self.last_dispatch.implementation
+        if path == "vendor":
+            return self.cell.run_vendor(x, state)
+        if path == "fused":
+            return self.cell.run_fused(x, state, mask)
+        return self.run_loop(x, state, mask)
+
+    def run_loop(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
+        """The loop over time, step by step through the cell."""
         if hasattr(self.cell, "project_input"):  # one matmul for the input side of every step
             inputs, step = self.cell.project_input(x), self.cell.recur  # (B, T, G*H)
         else:
             inputs, step = x, self.cell
+        inputs = inputs.unbind(1)  # T views (B, ...); unlike inputs[:, t], one gradient copy in all
         if self.compile:
-            step = self._compiled(step, inputs[:, 0], state)
+            step = self._compiled(step, inputs[0], state)
         outputs, last = [], None
-        for t in range(x.shape[1]):
-            y, new_state = step(inputs[:, t], state)
+        for t, input_t in enumerate(inputs):
+            y, new_state = step(input_t, state)
             if mask is None:
                 state, last = new_state, y
             else:
