@@ -40,11 +40,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch._dynamo
 from torch import Tensor, nn
 
 import longshort as ls
 
 HERE = Path(__file__).resolve().parent
+
+# torch.compile keeps up to `recompile_limit` versions of one function (one per shape and grad
+# mode) and then silently runs it eagerly; the grid needs more than the default 8.
+torch._dynamo.config.recompile_limit = 64
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ and, optionally,
     project_input(x) / recur(p_t, s)  a cell whose step is `recur(project_input(x_t), s)`
                                       lets `RNN` project the whole sequence (B, T, F) in
                                       one matmul before the loop
+    vendor_refusal(masked) / run_vendor(x, state)
+    fused_refusal(masked) / run_fused(x, state, mask)
+                                      whole-sequence kernels `RNN` dispatches to (see
+                                      `longshort.dispatch`); the built-in cells have them
 
 A minimal cell that runs (it is tested in tests/test_rnn.py)::
 

@@ -5,8 +5,9 @@ Forward. The input side `p_t = W_ih x_t + b` of every step comes in precomputed
 (one matmul for the whole sequence, `Cell.project_input`); then for t = 1..T:
 
     z = p_t + h_prev W_hh^T                      (B, 4H), one addmm
-    o, i, f = sigmoid(z_o, z_i, z_f)             one in-place sigmoid (gates stored o, i, f, g)
-    g = tanh(z_g)                                one in-place tanh
+    i, f = sigmoid(z_i, z_f)                     in-place sigmoid
+    g = tanh(z_g)                                in-place tanh
+    o = sigmoid(z_o)                             in-place sigmoid
     c = f * c_prev + i * g
     h = o * tanh(c)
 
@@ -46,17 +47,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-# Internally the gates are stored o, i, f, g: one sigmoid covers o, i, f in the forward,
-# and in the backward the three that scale with dc (i, f, g) sit side by side.
-_IFGO_TO_OIFG = (3, 0, 1, 2)
-_OIFG_TO_IFGO = (1, 2, 3, 0)
-
-
-def _reorder(gates: Tensor, order: tuple[int, ...]) -> Tensor:
-    """Reorder the four H-wide gate blocks along the last axis (..., 4H)."""
-    return gates.unflatten(-1, (4, -1))[..., order, :].flatten(-2)
-
-
 class LSTMRecurrence(torch.autograd.Function):
     """p (B, T, 4H), h0 (B, H), c0 (B, H), weight_hh (4H, H) -> y (B, T, H), h_T, c_T."""
 
@@ -64,23 +54,24 @@ class LSTMRecurrence(torch.autograd.Function):
     def forward(ctx, p, h0, c0, weight_hh, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         B, T, four_h = p.shape
         H = four_h // 4
-        z_all = _reorder(p, _IFGO_TO_OIFG).transpose(0, 1).contiguous()  # (T, B, 4H), becomes the activated gates
-        w_t = _reorder(weight_hh.T, _IFGO_TO_OIFG)  # (H, 4H)
+        z_all = p.transpose(0, 1).clone(memory_format=torch.contiguous_format)  # (T, B, 4H), becomes the activated gates
+        w_t = weight_hh.T  # (H, 4H)
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         c_all = p.new_empty(T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
         tanh_c = p.new_empty(B, H)
         masks = None if step_mask is None else step_mask.transpose(0, 1).unsqueeze(-1)  # (T, B, 1) bool
         # The per-step views, made once: cheaper than indexing in the loop.
-        zs, sigmoid_parts, tanh_parts = z_all.unbind(0), z_all[..., : 3 * H].unbind(0), z_all[..., 3 * H :].unbind(0)
-        os, is_, fs, gs = (gate.unbind(0) for gate in z_all.split(H, dim=2))
+        zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
+        is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
         hs, cs = h_all.unbind(0), c_all.unbind(0)
         h_in = p.new_empty(B, H)
         for t in range(T):
             h_prev, c_prev, c, h = hs[t], cs[t], cs[t + 1], hs[t + 1]
             zs[t].addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
-            sigmoid_parts[t].sigmoid_()  # o, i, f
-            tanh_parts[t].tanh_()  # g
+            if_parts[t].sigmoid_()
+            gs[t].tanh_()
+            os[t].sigmoid_()
             torch.mul(fs[t], c_prev, out=c).addcmul_(is_[t], gs[t])
             torch.mul(os[t], torch.tanh(c, out=tanh_c), out=h)
             if masks is not None:
@@ -98,7 +89,7 @@ class LSTMRecurrence(torch.autograd.Function):
         z_all, h_all, c_all, weight_hh, masks, recurrent_mask = ctx.saved_tensors
         T, B, four_h = z_all.shape
         H = four_h // 4
-        o, i, f, g = z_all.split(H, dim=2)  # each (T, B, H)
+        i, f, g, o = z_all.split(H, dim=2)  # each (T, B, H)
         c_prev, c = c_all[:-1], c_all[1:]
         tanh_c = torch.tanh(c)
         # The factors of the derivation that do not depend on dh, dc: all steps at once.
@@ -113,13 +104,12 @@ class LSTMRecurrence(torch.autograd.Function):
         dy = dy.transpose(0, 1)  # (T, B, H)
         if masks is not None:
             dy = dy * masks
-        w = _reorder(weight_hh.T, _IFGO_TO_OIFG).T  # (4H, H)
-        dz_all = torch.empty_like(z_all)  # (T, B, 4H) gates o, i, f, g
+        dz_all = torch.empty_like(z_all)  # (T, B, 4H): i, f, g scale with dc and sit side by side, then o
         dh_state = dh_T.clone() if dh_T is not None else dy.new_zeros(B, H)
         dc_state = dc_T.clone() if dc_T is not None else dy.new_zeros(B, H)
         # The per-step views, made once: cheaper than indexing in the loop.
         dys, fs, dc_per_dhs, dz_o_per_dhs, dz_ifg_per_dcs = (v.unbind(0) for v in (dy, f, dc_per_dh, dz_o_per_dh, dz_ifg_per_dc))
-        dzs, dz_os, dz_ifgs = dz_all.unbind(0), dz_all[..., :H].unbind(0), dz_all[..., H:].unflatten(-1, (3, H)).unbind(0)
+        dzs, dz_ifgs, dz_os = dz_all.unbind(0), dz_all[..., : 3 * H].unflatten(-1, (3, H)).unbind(0), dz_all[..., 3 * H :].unbind(0)
         ms = None if masks is None else masks.unbind(0)
         for t in range(T - 1, -1, -1):
             if ms is None:
@@ -131,7 +121,7 @@ class LSTMRecurrence(torch.autograd.Function):
                 dc = torch.where(m, dc_state, 0).addcmul_(dh, dc_per_dhs[t])
             torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
             torch.mul(dz_ifg_per_dcs[t], dc.unsqueeze(1), out=dz_ifgs[t])
-            dh_prev = dzs[t] @ w  # (B, H)
+            dh_prev = dzs[t] @ weight_hh  # (B, H)
             if recurrent_mask is not None:
                 dh_prev.mul_(recurrent_mask)
             dc_prev = dc * fs[t]
@@ -140,7 +130,6 @@ class LSTMRecurrence(torch.autograd.Function):
                 dc_prev += torch.where(m, 0, dc_state)
             dh_state, dc_state = dh_prev, dc_prev
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
-        dz_all = _reorder(dz_all, _OIFG_TO_IFGO)  # gates back in i, f, g, o order
         dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
         dp = dz_all.transpose(0, 1)  # (B, T, 4H)
         return dp, dh_state, dc_state, dweight_hh, None, None

@@ -1,10 +1,9 @@
 """The ready-made layers `LSTM`, `GRU` and `SimpleRNN`: an `RNN` around the matching cell.
 
 Their parameters live in `.cell`, so `LSTM(32)` and `RNN(LSTMCell(32))` have the same
-`state_dict` keys (`cell.weight_ih`, `cell.weight_hh`, `cell.bias`) and outputs. Unlike
-`RNN(cell)`, a layer runs the fastest path that can run the call (`implementation`, see
-`longshort.dispatch`). `from_torch` / `to_torch` convert single-layer, one-direction
-`torch.nn` modules.
+`state_dict` keys (`cell.weight_ih`, `cell.weight_hh`, `cell.bias`) and outputs, and run
+the same path (`implementation`, see `longshort.dispatch`). What a layer adds:
+`from_torch` / `to_torch`, which convert single-layer, one-direction `torch.nn` modules.
 """
 
 from __future__ import annotations
