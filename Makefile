@@ -21,6 +21,7 @@ bench-deps: $(STAMP)
 bench: bench-deps
 	$(BIN)/python benchmarks/rnn_speed.py
 	$(BIN)/python benchmarks/rnn_speed.py --memory
+	$(BIN)/python benchmarks/rnn_speed.py --cells
 
 # torch is pinned to the CPU wheel by constraints.txt; pyproject.toml keeps a range for users elsewhere.
 $(STAMP): pyproject.toml constraints.txt

@@ -156,3 +156,9 @@ def test_a_user_cell_without_kernels_runs_the_loop():
     assert decision == ls.dispatch.Dispatch("loop", {"vendor": "UserCell has no vendor kernel", "fused": "UserCell has no fused kernel"})
     with pytest.raises(ValueError, match="UserCell has no fused kernel"):
         ls.RNN(UserCell(), implementation="fused")
+
+
+def test_recurrent_dropout_blocks_the_vendor_kernel_only_in_training():
+    layer = ls.LSTM(4, recurrent_dropout=0.3)
+    assert layer.dispatch().implementation == "fused"
+    assert layer.eval().dispatch().implementation == "vendor"

@@ -195,7 +195,7 @@ class Cell(LazyInput):
     def vendor_refusal(self, masked: bool) -> Optional[str]:
         if masked:
             return "torch's kernel takes no mask"
-        if self.recurrent_dropout:
+        if self.recurrent_dropout and self.training:  # in eval mode it drops nothing
             return "torch's kernel has no recurrent dropout"
         return self.kernel_refusal()
 
