@@ -6,7 +6,7 @@
 """
 
 from longshort.activations import ACTIVATIONS, get_activation
-from longshort.cells import Cell, GRUCell, LSTMCell, LSTMState, SimpleRNNCell
+from longshort.cells import Cell, GRUCell, LayerNormLSTMCell, LSTMCell, LSTMState, SimpleRNNCell
 from longshort.layers import GRU, LSTM, SimpleRNN
 from longshort.rnn import RNN
 from longshort.training import Clip, History, clip_gradients, gradient_norm, train_step
@@ -25,6 +25,7 @@ __all__ = [
     "History",
     "LSTM",
     "LSTMCell",
+    "LayerNormLSTMCell",
     "LSTMState",
     "RNN",
     "Sequential",

@@ -388,6 +388,61 @@ class GRUCell(Cell):
         return y, _last(y, h, mask), h
 
 
+class LayerNormLSTMCell(LSTMCell):
+    r"""LSTM with layer normalisation (Ba, Kiros & Hinton 2016), in the form of haste's LayerNormLSTM.
+
+    .. math::
+        z_t = \mathrm{LN}_x(W_{ih} x_t) + \mathrm{LN}_h(W_{hh} h_{t-1}) + b \qquad i, f, g, o = \mathrm{split}(z_t) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t \\
+        h_t = o_t \odot \tanh(\mathrm{LN}_c(c_t))
+
+    Each LN normalises over its features and scales by a learned gain; `LN_c` also has a
+    learned shift. Activations are the default tanh and sigmoid; initialisers Keras' defaults. Parameters: those of `LSTMCell` plus `gain_ih (4H)`, `gain_hh (4H)`,
+    `gain_c (H)`, `shift_c (H)`. The carried cell state is the un-normalised `c_t`.
+    No vendor or fused kernel computes it: `RNN` runs it in the readable loop.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        input_size: Optional[int] = None,
+        *,
+        use_bias: bool = True,
+        unit_forget_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        epsilon: float = 1e-5,
+    ) -> None:
+        super().__init__(
+            units, input_size, use_bias=use_bias, unit_forget_bias=unit_forget_bias, dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+        )
+        self.epsilon = epsilon
+        self.gain_ih = nn.Parameter(torch.ones(4 * units))
+        self.gain_hh = nn.Parameter(torch.ones(4 * units))
+        self.gain_c = nn.Parameter(torch.ones(units))
+        self.shift_c = nn.Parameter(torch.zeros(units))
+
+    def project_input(self, x: Tensor) -> Tensor:
+        """`LN_x(W_ih x)` for one step (B, F) or a whole sequence (B, T, F); the bias comes in `recur`."""
+        self.check_input(x)
+        x = self._variational_dropout(x, "input")
+        return F.layer_norm(F.linear(x, self.weight_ih), (4 * self.units,), self.gain_ih, None, self.epsilon)
+
+    def recur(self, p_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        h_prev, c_prev = state
+        q = F.linear(self._variational_dropout(h_prev, "recurrent"), self.weight_hh)  # (B, 4H)
+        z = p_t + F.layer_norm(q, (4 * self.units,), self.gain_hh, None, self.epsilon)
+        if self.bias is not None:
+            z = z + self.bias
+        i, f, g, o = z.chunk(4, dim=-1)  # each (B, H)
+        i, f, o = self.recurrent_activation(i), self.recurrent_activation(f), self.recurrent_activation(o)
+        g = self.activation(g)
+        c = f * c_prev + i * g
+        h = o * self.activation(F.layer_norm(c, (self.units,), self.gain_c, self.shift_c, self.epsilon))
+        return h, LSTMState(h, c)
+
+
 class SimpleRNNCell(Cell):
     r"""The Elman network: :math:`h_t = \mathrm{act}(W_{ih} x_t + W_{hh} h_{t-1} + b)`, act tanh or ReLU.
 
