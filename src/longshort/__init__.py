@@ -6,7 +6,7 @@
 """
 
 from longshort.activations import ACTIVATIONS, get_activation
-from longshort.cells import Cell, GRUCell, LayerNormLSTMCell, LSTMCell, LSTMState, SimpleRNNCell
+from longshort.cells import Cell, GRUCell, LayerNormLSTMCell, LSTMCell, LSTMState, PeepholeLSTMCell, SimpleRNNCell, Zoneout
 from longshort.layers import GRU, LSTM, SimpleRNN
 from longshort.rnn import RNN
 from longshort.training import Clip, History, clip_gradients, gradient_norm, train_step
@@ -26,12 +26,14 @@ __all__ = [
     "LSTM",
     "LSTMCell",
     "LayerNormLSTMCell",
+    "PeepholeLSTMCell",
     "LSTMState",
     "RNN",
     "Sequential",
     "SimpleRNN",
     "SimpleRNNCell",
     "TimeDistributed",
+    "Zoneout",
     "clip_gradients",
     "get_activation",
     "gradient_norm",

@@ -443,6 +443,95 @@ class LayerNormLSTMCell(LSTMCell):
         return h, LSTMState(h, c)
 
 
+class PeepholeLSTMCell(LSTMCell):
+    r"""LSTM with peephole connections (Gers & Schmidhuber 2000): the gates also see the cell.
+
+    .. math::
+        i_t = \sigma(z_i + w_{ci} \odot c_{t-1}) \qquad f_t = \sigma(z_f + w_{cf} \odot c_{t-1}) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t \qquad o_t = \sigma(z_o + w_{co} \odot c_t) \\
+        h_t = o_t \odot \tanh(c_t)
+
+    with `z = W_ih x_t + W_hh h_{t-1} + b` as in `LSTMCell`. Parameters: those of `LSTMCell`
+    plus the diagonal peephole weights `weight_ci`, `weight_cf`, `weight_co` (H each, zero at
+    the start, so a fresh cell computes what `LSTMCell` does). It runs the readable loop.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        input_size: Optional[int] = None,
+        *,
+        use_bias: bool = True,
+        unit_forget_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            units, input_size, use_bias=use_bias, unit_forget_bias=unit_forget_bias, dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+        )
+        self.weight_ci = nn.Parameter(torch.zeros(units))
+        self.weight_cf = nn.Parameter(torch.zeros(units))
+        self.weight_co = nn.Parameter(torch.zeros(units))
+
+    def recur(self, p_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        h_prev, c_prev = state
+        z = p_t + self._variational_dropout(h_prev, "recurrent") @ self.weight_hh.T  # (B, 4H)
+        z_i, z_f, z_g, z_o = z.chunk(4, dim=-1)  # each (B, H)
+        i = torch.sigmoid(z_i + self.weight_ci * c_prev)
+        f = torch.sigmoid(z_f + self.weight_cf * c_prev)
+        g = torch.tanh(z_g)
+        c = f * c_prev + i * g
+        o = torch.sigmoid(z_o + self.weight_co * c)
+        h = o * torch.tanh(c)
+        return h, LSTMState(h, c)
+
+
+class Zoneout(nn.Module):
+    r"""Zoneout (Krueger et al. 2016) around any cell: each unit of the state keeps its previous
+    value with probability `rate` at each step, instead of taking the new one.
+
+    .. math::
+        s_t = d_t \odot s_{t-1} + (1 - d_t) \odot \tilde{s}_t, \qquad d_t \sim \mathrm{Bernoulli}(\mathrm{rate})
+
+    for every tensor of the state (`h` and `c` of an LSTM), a fresh mask per step and unit in
+    training; in evaluation the expectation, `rate * s_{t-1} + (1 - rate) * \tilde{s}_t`. The
+    step's output is the new state's first tensor (`h`). Parameters live in `.cell`.
+    """
+
+    def __init__(self, cell: nn.Module, rate: float) -> None:
+        super().__init__()
+        self.cell = cell
+        self.rate = _check_rate("zoneout rate", rate)
+
+    def build(self, input_size: int) -> None:
+        if hasattr(self.cell, "build"):
+            self.cell.build(input_size)
+
+    def reset_dropout_masks(self) -> None:
+        if hasattr(self.cell, "reset_dropout_masks"):
+            self.cell.reset_dropout_masks()
+
+    def initial_state(self, batch_size: int, like: Tensor):
+        return self.cell.initial_state(batch_size, like)
+
+    def forward(self, x_t: Tensor, state):
+        _, new_state = self.cell(x_t, state)
+        leaves = [self._zoneout(new, old) for new, old in zip(_leaves(new_state), _leaves(state))]
+        state = type(state)(*leaves) if isinstance(state, tuple) else leaves[0]
+        return leaves[0], state
+
+    def _zoneout(self, new: Tensor, old: Tensor) -> Tensor:
+        if not self.training:
+            return torch.lerp(new, old, self.rate)
+        keep_old = torch.rand_like(new) < self.rate
+        return torch.where(keep_old, old, new)
+
+
+def _leaves(state) -> tuple[Tensor, ...]:
+    return tuple(state) if isinstance(state, tuple) else (state,)
+
+
 class SimpleRNNCell(Cell):
     r"""The Elman network: :math:`h_t = \mathrm{act}(W_{ih} x_t + W_{hh} h_{t-1} + b)`, act tanh or ReLU.
 
