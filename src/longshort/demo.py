@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -71,7 +72,8 @@ def cycle_period(values: Tensor, shortest: int = 5, longest: int = 20) -> float:
     return float(list(lags)[int(correlation.argmax())])
 
 
-def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> DemoReport:
+def run_demo(config: Optional[DemoConfig] = None, progress: bool = True) -> DemoReport:
+    config = config or DemoConfig()
     torch.manual_seed(config.seed)
     years, series = sunspots_yearly()
     inputs, targets = windows(series, config.lookback)  # (N, L, 1), (N, 1)

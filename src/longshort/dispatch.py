@@ -23,7 +23,7 @@ decision of the last call.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from torch import nn
 
