@@ -314,7 +314,10 @@ class LSTMCell(Cell):
 
     def run_fused(self, x: Tensor, state: LSTMState, mask: Optional[Tensor]):
         h0, c0 = state
-        y, h, c = lstm_recurrence(self.project_input(x), (h0, c0), self.weight_hh, mask, self.dropout_mask("recurrent", h0))
+        x = self._variational_dropout(x, "input")
+        p = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, 4H): the kernel's time-major layout
+        y, h, c = lstm_recurrence(p, (h0, c0), self.weight_hh, mask, self.dropout_mask("recurrent", h0), time_major=True)
+        y = y.transpose(0, 1)  # (B, T, H)
         return y, _last(y, h, mask), LSTMState(h, c)
 
 

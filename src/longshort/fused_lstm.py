@@ -48,13 +48,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 class LSTMRecurrence(torch.autograd.Function):
-    """p (B, T, 4H), h0 (B, H), c0 (B, H), weight_hh (4H, H) -> y (B, T, H), h_T, c_T."""
+    """Time-major: p (T, B, 4H), h0, c0 (B, H), weight_hh (4H, H), step_mask (B, T) -> y (T, B, H), h_T, c_T."""
 
     @staticmethod
     def forward(ctx, p, h0, c0, weight_hh, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
-        B, T, four_h = p.shape
+        T, B, four_h = p.shape
         H = four_h // 4
-        z_all = p.transpose(0, 1).clone(memory_format=torch.contiguous_format)  # (T, B, 4H), becomes the activated gates
+        z_all = p.clone(memory_format=torch.contiguous_format)  # (T, B, 4H), becomes the activated gates
         w_t = weight_hh.T  # (H, 4H)
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         c_all = p.new_empty(T + 1, B, H)
@@ -81,7 +81,7 @@ class LSTMRecurrence(torch.autograd.Function):
         if masks is not None:
             y = y * masks
         ctx.save_for_backward(z_all, h_all, c_all, weight_hh, masks, recurrent_mask)
-        return y.transpose(0, 1), h_all[T].clone(), c_all[T].clone()
+        return y, h_all[T].clone(), c_all[T].clone()
 
     @staticmethod
     @once_differentiable
@@ -101,7 +101,6 @@ class LSTMRecurrence(torch.autograd.Function):
             dc_per_dh.masked_fill_(~masks, 0)
             dz_ifg_per_dc.masked_fill_(~masks.unsqueeze(-1), 0)
             f = f.masked_fill(~masks, 0)
-        dy = dy.transpose(0, 1)  # (T, B, H)
         if masks is not None:
             dy = dy * masks
         dz_all = torch.empty_like(z_all)  # (T, B, 4H): i, f, g scale with dc and sit side by side, then o
@@ -131,8 +130,7 @@ class LSTMRecurrence(torch.autograd.Function):
             dh_state, dc_state = dh_prev, dc_prev
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
-        dp = dz_all.transpose(0, 1)  # (B, T, 4H)
-        return dp, dh_state, dc_state, dweight_hh, None, None
+        return dz_all, dh_state, dc_state, dweight_hh, None, None
 
 
 def lstm_recurrence(
@@ -141,10 +139,16 @@ def lstm_recurrence(
     weight_hh: Tensor,
     step_mask: Optional[Tensor] = None,
     recurrent_mask: Optional[Tensor] = None,
+    time_major: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the LSTM recurrence over the projected inputs p (B, T, 4H) from `state` (h0, c0).
 
     Returns every output y (B, T, H) (zero at masked steps) and the final carried h, c.
+    With `time_major`, p is (T, B, 4H) and y comes back (T, B, H): the loop works time-major,
+    so this spares a copy of p forward and of its gradient backward.
     """
     h0, c0 = state
-    return LSTMRecurrence.apply(p, h0, c0, weight_hh, step_mask, recurrent_mask)
+    if time_major:
+        return LSTMRecurrence.apply(p, h0, c0, weight_hh, step_mask, recurrent_mask)
+    y, h, c = LSTMRecurrence.apply(p.transpose(0, 1), h0, c0, weight_hh, step_mask, recurrent_mask)
+    return y.transpose(0, 1), h, c
