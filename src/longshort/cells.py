@@ -66,6 +66,7 @@ from longshort.activations import ActivationSpec, get_activation
 from longshort.fused_gru import gru_recurrence
 from longshort.fused_lstm import lstm_recurrence
 from longshort.fused_simple_rnn import simple_rnn_recurrence
+from longshort.rnn import flatten_state, map_state
 
 Initializer = Callable[[Tensor], Tensor]
 
@@ -214,7 +215,7 @@ class Cell(LazyInput):
         """The whole sequence through torch's kernel: returns all outputs, the last one, the final state."""
         x = self._variational_dropout(x, "input")
         weights = [self.weight_ih, self.weight_hh] + (self.torch_biases() if self.use_bias else [])
-        leaves = [leaf.unsqueeze(0) for leaf in (state if isinstance(state, tuple) else (state,))]  # (1, B, H) each
+        leaves = [leaf.unsqueeze(0) for leaf in flatten_state(state)]  # (1, B, H) each
         hx = tuple(leaves) if isinstance(state, tuple) else leaves[0]
         y, *final = self.vendor_kernel()(x, hx, weights, self.use_bias, 1, 0.0, self.training, False, True)
         final = [leaf.squeeze(0) for leaf in final]
@@ -520,19 +521,14 @@ class Zoneout(nn.Module):
 
     def forward(self, x_t: Tensor, state):
         _, new_state = self.cell(x_t, state)
-        leaves = [self._zoneout(new, old) for new, old in zip(_leaves(new_state), _leaves(state))]
-        state = type(state)(*leaves) if isinstance(state, tuple) else leaves[0]
-        return leaves[0], state
+        state = map_state(self._zoneout, new_state, state)
+        return flatten_state(state)[0], state
 
     def _zoneout(self, new: Tensor, old: Tensor) -> Tensor:
         if not self.training:
             return torch.lerp(new, old, self.rate)
         keep_old = torch.rand_like(new) < self.rate
         return torch.where(keep_old, old, new)
-
-
-def _leaves(state) -> tuple[Tensor, ...]:
-    return tuple(state) if isinstance(state, tuple) else (state,)
 
 
 class SimpleRNNCell(Cell):
