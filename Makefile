@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-deps clean
+.PHONY: demo test install bench bench-deps experiments check-claims clean
 
 demo: $(STAMP)
 	$(BIN)/longshort demo
@@ -13,6 +13,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 install: $(STAMP)
+
+# The experiments at full size (minutes each), and the slow check of their README claims (not in CI).
+experiments: $(STAMP)
+	for name in $$($(BIN)/longshort experiment --list | cut -d' ' -f1); do $(BIN)/longshort experiment $$name || exit 1; done
+
+check-claims: $(STAMP)
+	$(BIN)/python -m pytest -m slow
 
 # Benchmarks: a script, not a test (see benchmarks/RESULTS.md). jax is a benchmark-only extra.
 bench-deps: $(STAMP)
