@@ -14,5 +14,12 @@ def _register(experiment: Experiment) -> None:
 
 
 # Each experiment module registers itself here, one line each:
+from longshort.experiments import forget_bias, gates, hochreiter1997  # noqa: E402
+_register(forget_bias.EXPERIMENT)
+_register(hochreiter1997.EXPERIMENT)
+_register(gates.EXPERIMENT)
+from longshort.experiments import exploding, memory  # noqa: E402
+_register(exploding.EXPERIMENT)
+_register(memory.EXPERIMENT)
 
 __all__ = ["EXPERIMENTS", "Experiment", "Report", "format_report", "run_experiment"]
