@@ -3,6 +3,14 @@
     longshort demo [--field=value ...] [--out DIR]
     longshort experiment NAME [--field=value ...] [--out DIR]
     longshort experiment --list
+    longshort train [FILE] [--text] [--target COLUMN] [--features A,B] [--lookback N] [--horizon K]
+                    [--epochs N] [--out DIR] [--fresh] [--no-progress] [--field=value ...]
+    longshort forecast CHECKPOINT [--steps K] [--input CSV] [--plot PNG]
+    longshort generate CHECKPOINT [--prompt TEXT] [--length N] [--temperature T] [--seed S]
+    longshort gates CHECKPOINT INPUT [--range A:B] [--max-units N] [--plot PNG]
+
+Bad input (a missing or malformed file, a wrong option, an unusable checkpoint) prints
+`longshort COMMAND: what is wrong` on stderr and exits with code 2.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from pathlib import Path
 from typing import Optional, Sequence, TypeVar
 
 from longshort.demo import DemoConfig, format_report, plot_report, run_demo
+
+SERIES_FLAGS = ("target", "features", "lookback", "horizon")  # train's flags that only a time series takes
 
 Config = TypeVar("Config")
 
@@ -65,6 +75,163 @@ def _experiment(name: Optional[str], overrides: Sequence[str], out: Optional[Pat
     return 0
 
 
+def _fields_help(config_class: type) -> str:
+    return ", ".join(f"--{field.name}={field.default}" for field in dataclasses.fields(config_class))
+
+
+def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    from longshort.charmodel import TextConfig, format_report as format_text, train_char_model
+    from longshort.forecasting import SeriesConfig, format_report as format_series, plot_test, train_forecaster
+    from longshort.gate_plots import plot_learning_curves
+
+    flags = [f"--{name}={value}" for name in SERIES_FLAGS + ("epochs",) if (value := getattr(args, name)) is not None]
+    if args.text and any(getattr(args, name) is not None for name in SERIES_FLAGS):
+        raise ValueError("--target, --features, --lookback and --horizon are for time series, not --text")
+    if args.file is not None and not args.file.exists():
+        raise ValueError(f"no such file: {args.file}")
+    name = args.file.stem if args.file is not None else ("kjv" if args.text else "sunspots")
+    out = args.out or Path("runs") / name
+    progress = not args.no_progress
+    try:
+        if args.text:
+            model = train_char_model(config_from_overrides(TextConfig, [*overrides, *flags]), args.file, out, progress, args.fresh)
+            print(format_text(model))
+            what = f'Generate: longshort generate {out} --prompt "..." --length 300 --temperature 0.8'
+            ylabel, title = "bits per character", f"Character LSTM on {model.source}"
+        else:
+            model = train_forecaster(config_from_overrides(SeriesConfig, [*overrides, *flags]), args.file, out, progress, args.fresh)
+            print(format_series(model))
+            print(f"\nPlot: {plot_test(model, out / 'test_forecast.png')}")
+            what = f"Forecast: longshort forecast {out} --steps {model.config.horizon}"
+            ylabel, title = "mean squared error (standardised)", f"LSTM forecaster of {model.data.columns[0]!r}"
+    except KeyboardInterrupt:
+        print(
+            f"\nlongshort train: interrupted. {out / 'checkpoint.pt'} keeps the last finished epoch: "
+            "run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    state = model.state
+    print(f"Plot: {plot_learning_curves(state.train_losses, state.validation_losses, state.best_epoch, ylabel, title, out / 'learning_curves.png')}")
+    print(f"Checkpoint: {out / 'checkpoint.pt'}\n{what}")
+    return 0
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    from longshort.forecasting import Forecaster, plot_forecast
+
+    forecaster = Forecaster.load(args.checkpoint)
+    data = forecaster.read_csv(args.input) if args.input is not None else forecaster.data
+    horizon = forecaster.config.horizon
+    steps = args.steps if args.steps is not None else horizon
+    forecast = forecaster.forecast(steps, data)
+    how = "one call of the model" if steps <= horizon else f"recursively, {horizon} at a time"
+    print(f"Forecast of {forecast.target!r} after {data.times[-1]} ({Path(data.source).name}), {steps} steps ({how}):")
+    width = max(len(label) for label in forecast.times)
+    for label, value in zip(forecast.times, forecast.values):
+        print(f"  {label:>{width}}  {value:10.4g}")
+    plot = args.plot or _beside(args.checkpoint, "forecast.png")
+    print(f"Plot: {plot_forecast(forecast, plot, data.time_column or 'time step')}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from longshort.charmodel import CharModel
+
+    model = CharModel.load(args.checkpoint)
+    print(args.prompt + model.generate(args.prompt, args.length, args.temperature, args.seed))
+    return 0
+
+
+def _gates(args: argparse.Namespace) -> int:
+    from longshort.checkpoints import load_checkpoint
+    from longshort.datasets import read_text_file
+    from longshort.gate_plots import draw_gates
+
+    first, last = _parse_range(args.range)
+    kind = load_checkpoint(args.checkpoint)["kind"]
+    plot = args.plot or _beside(args.checkpoint, "gates.png")
+    if kind == "series":
+        from longshort.forecasting import Forecaster
+
+        model = Forecaster.load(args.checkpoint)
+        if not Path(args.input).exists():
+            raise ValueError(f"no such file: {args.input}")
+        sequence = model.read_csv(Path(args.input))
+    else:
+        from longshort.charmodel import CharModel
+
+        model = CharModel.load(args.checkpoint)
+        sequence = read_text_file(Path(args.input)) if Path(args.input).is_file() else args.input
+    print(f"Plot: {draw_gates(model, sequence, plot, first, last, args.max_units)}")
+    return 0
+
+
+def _parse_range(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    if text is None:
+        return None, None
+    start, colon, stop = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        return (int(start) if start.strip() else None), (int(stop) if stop.strip() else None)
+    except ValueError:
+        raise ValueError(f"--range takes FIRST:LAST (row or character numbers, either may be left out), got {text!r}") from None
+
+
+def _beside(checkpoint: Path, name: str) -> Path:
+    """A file next to the checkpoint (in its folder)."""
+    return checkpoint / name if checkpoint.is_dir() else checkpoint.parent / name
+
+
+def _add_model_commands(commands: argparse._SubParsersAction) -> None:
+    from longshort.charmodel import TextConfig
+    from longshort.forecasting import SeriesConfig
+
+    train = commands.add_parser(
+        "train",
+        allow_abbrev=False,
+        help="train an LSTM forecaster on a CSV, or with --text a character language model on a text file",
+        description="Train on FILE (default: yearly sunspot numbers, or with --text the King James Genesis and Exodus, "
+        "both shipped with longshort). A checkpoint in --out is resumed unless --fresh. "
+        f"Time-series options (SeriesConfig): {_fields_help(SeriesConfig)}. Text options (TextConfig): {_fields_help(TextConfig)}.",
+    )
+    train.add_argument("file", nargs="?", type=Path, help="a CSV with a header, or a UTF-8 text file with --text")
+    train.add_argument("--text", action="store_true", help="train a character-level language model on a text file")
+    train.add_argument("--target", help="the column to forecast (needed when the CSV has several numeric columns)")
+    train.add_argument("--features", help="further input columns, comma-separated")
+    train.add_argument("--lookback", type=int, help="time steps the model reads (default 24)")
+    train.add_argument("--horizon", type=int, help="time steps forecast at once (default 1)")
+    train.add_argument("--epochs", type=int, help="at most this many epochs (early stopping may end sooner)")
+    train.add_argument("--out", type=Path, default=None, help="folder for the checkpoint and plots (default runs/NAME)")
+    train.add_argument("--fresh", action="store_true", help="start over instead of resuming the checkpoint in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    forecast = commands.add_parser("forecast", allow_abbrev=False, help="forecast with a trained series checkpoint")
+    forecast.add_argument("checkpoint", type=Path, help="checkpoint.pt, or the folder train wrote it to")
+    forecast.add_argument("--steps", type=int, default=None, help="how many steps ahead (default: the model's horizon)")
+    forecast.add_argument("--input", type=Path, default=None, help="forecast after this CSV's series instead of the training series")
+    forecast.add_argument("--plot", type=Path, default=None, help="the PNG (default forecast.png beside the checkpoint)")
+
+    generate = commands.add_parser("generate", allow_abbrev=False, help="sample text from a trained --text checkpoint")
+    generate.add_argument("checkpoint", type=Path, help="checkpoint.pt, or the folder train wrote it to")
+    generate.add_argument("--prompt", default="", help="text to start from (default: a line break)")
+    generate.add_argument("--length", type=int, default=300, help="characters to generate (default 300)")
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 = most likely character, 1 = the model's distribution (default 0.8)")
+    generate.add_argument("--seed", type=int, default=None, help="make the sampling repeatable")
+
+    gates = commands.add_parser(
+        "gates", allow_abbrev=False, help="draw the LSTM's f, i, o, g, c, h over time for an input, as heat maps",
+        description="INPUT is a CSV for a forecaster (default: its last lookback rows), or a text file or a string for a "
+        "character model (default: its first 80 characters).",
+    )
+    gates.add_argument("checkpoint", type=Path, help="checkpoint.pt, or the folder train wrote it to")
+    gates.add_argument("input", help="a CSV (series model), or a text file or literal text (text model)")
+    gates.add_argument("--range", default=None, help="FIRST:LAST rows (CSV) or characters (text), Python slice style")
+    gates.add_argument("--max-units", type=int, default=64, help="draw at most this many units (default 64)")
+    gates.add_argument("--plot", type=Path, default=None, help="the PNG (default gates.png beside the checkpoint)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="longshort", description="LSTM networks as taught, on PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,12 +252,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     experiment.add_argument("--list", action="store_true", help="list the experiments")
     experiment.add_argument("--out", type=Path, default=None, help="folder for results.json and plots (default runs/experiments/NAME)")
     experiment.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_commands(commands)
     args, overrides = parser.parse_known_args(argv)
     try:
         if args.command == "experiment":
             return _experiment(args.name, overrides, args.out, not args.no_progress, args.list)
-        return _demo(overrides, args.out, progress=not args.no_progress)
-    except ValueError as error:
+        if args.command == "demo":
+            return _demo(overrides, args.out, progress=not args.no_progress)
+        if args.command != "train" and overrides:
+            raise ValueError(f"unknown arguments: {' '.join(overrides)} (see longshort {args.command} --help)")
+        if args.command == "train":
+            return _train(args, overrides)
+        return {"forecast": _forecast, "generate": _generate, "gates": _gates}[args.command](args)
+    except (ValueError, OSError) as error:
         print(f"longshort {args.command}: {error}", file=sys.stderr)
         return 2
 
