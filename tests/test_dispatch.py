@@ -101,28 +101,6 @@ def test_asking_for_a_path_that_cannot_run_raises():
         ls.LSTM(4, implementation="cudnn")
 
 
-def test_compiled_custom_cell_matches_eager():
-    class TinyCell(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.kernel = torch.nn.Linear(3, 2)
-
-        def initial_state(self, batch_size, like):
-            return like.new_zeros(batch_size, 2)
-
-        def forward(self, x_t, h_prev):
-            h = torch.tanh(self.kernel(x_t) + h_prev.flip(-1))
-            return h, h
-
-    torch.manual_seed(0)
-    eager = ls.RNN(TinyCell(), return_sequences=True)
-    compiled = ls.RNN(TinyCell(), return_sequences=True, compile=True)
-    compiled.load_state_dict(eager.state_dict())
-    x = torch.randn(2, 4, 3)
-    torch.testing.assert_close(compiled(x, lengths=torch.tensor([4, 2])), eager(x, lengths=torch.tensor([4, 2])))
-    assert compiled.compile_seconds > 0 and eager.compile_seconds is None
-
-
 def test_rnn_of_a_builtin_cell_dispatches_like_the_layer():
     assert ls.RNN(ls.LSTMCell(4)).dispatch().implementation == "vendor"
     assert ls.RNN(ls.GRUCell(4)).dispatch(masked=True).implementation == "fused"
@@ -153,7 +131,8 @@ def test_a_user_cell_without_kernels_runs_the_loop():
             return torch.tanh(x_t + h_prev), torch.tanh(x_t + h_prev)
 
     decision = ls.RNN(UserCell()).dispatch()
-    assert decision == ls.dispatch.Dispatch("loop", {"vendor": "UserCell has no vendor kernel", "fused": "UserCell has no fused kernel"})
+    assert decision == ls.dispatch.Dispatch("loop", {"vendor": "UserCell has no vendor kernel", "fused": "UserCell has no fused kernel",
+                                                     "compiled": ls.dispatch.NOT_ASKED})
     with pytest.raises(ValueError, match="UserCell has no fused kernel"):
         ls.RNN(UserCell(), implementation="fused")
 

@@ -1,6 +1,6 @@
 """Which implementation of a recurrent layer runs, and why.
 
-`RNN(cell)` (and so `LSTM`, `GRU`, `SimpleRNN`) runs a sequence by one of three paths,
+`RNN(cell)` (and so `LSTM`, `GRU`, `SimpleRNN`) runs a sequence by one of four paths,
 all with the same parameters:
 
 * "vendor": PyTorch's own kernel (`torch.lstm` / `torch.gru` / `torch.rnn_tanh|relu`,
@@ -8,6 +8,9 @@ all with the same parameters:
   default activations, no mask, no recurrent dropout.
 * "fused": longshort's fused loop with a hand-written backward (`fused_*.py`): masks and
   recurrent dropout included, default activations.
+* "compiled": any cell, your own included, with longshort's own backward-through-time and
+  the step compiled by TorchInductor (`longshort.compiled`). Only when asked for: compiling
+  takes seconds at the first call.
 * "loop": the readable cell stepped by `RNN.run_loop`: anything, your own cells included.
 
 A cell offers the first two by the optional methods `vendor_refusal(masked)` /
@@ -23,12 +26,13 @@ decision of the last call.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from torch import nn
 
-IMPLEMENTATIONS = ("auto", "vendor", "fused", "loop")
-PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries
+IMPLEMENTATIONS = ("auto", "vendor", "fused", "compiled", "loop")
+PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries; "compiled" runs only when named
+NOT_ASKED = "it runs only when asked for (implementation='compiled'): compiling takes seconds at the first call"
 
 
 class Dispatch(NamedTuple):
@@ -42,22 +46,28 @@ def check_implementation(implementation: str) -> str:
     return implementation
 
 
-def refusals(cell: nn.Module, masked: bool) -> dict[str, str]:
-    """Each fast path the cell cannot run for this call, with the reason."""
+def refusals(cell: nn.Module, masked: bool, compiled_refusal: Optional[str] = NOT_ASKED) -> dict[str, str]:
+    """Each fast path the cell cannot run for this call, with the reason. `compiled_refusal` is
+    why the compiled path cannot run (None when it can), as `RNN` knows it."""
     reasons = {}
     for path in ("vendor", "fused"):
         refusal = getattr(cell, f"{path}_refusal", None)
         reason = f"{type(cell).__name__} has no {path} kernel" if refusal is None else refusal(masked)
         if reason is not None:
             reasons[path] = reason
+    if compiled_refusal is not None:
+        reasons["compiled"] = compiled_refusal
     return reasons
 
 
-def choose(implementation: str, cell: nn.Module, masked: bool, who: str) -> Dispatch:
+def choose(implementation: str, cell: nn.Module, masked: bool, who: str, compiled_refusal: Optional[str] = NOT_ASKED) -> Dispatch:
     """The path for `implementation` ("auto" or one path), or a ValueError saying why it cannot run."""
-    refused = refusals(cell, masked)
+    refused = refusals(cell, masked, compiled_refusal)
     if implementation == "auto":
-        return Dispatch(next(path for path in PREFERENCE if path not in refused), refused)
+        path = next(path for path in PREFERENCE if path not in refused)
+        if path != "loop":  # the compiled path would only be slower; mention it where it could help
+            del refused["compiled"]
+        return Dispatch(path, refused)
     if implementation in refused:
         raise ValueError(
             f"{who}(implementation={implementation!r}) cannot run this configuration: "

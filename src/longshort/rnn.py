@@ -10,17 +10,16 @@ zero; the output with `return_sequences=False` is the output of the last real st
 
 from __future__ import annotations
 
-import logging
-import time
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from longshort._validate import check_sequence, resolve_mask
-from longshort.dispatch import Dispatch, check_implementation, choose
+from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose
 
-logger = logging.getLogger("longshort")
+if TYPE_CHECKING:
+    from longshort.compiled import CompiledLoop
 
 State = Any  # a tensor (B, ...) or a tuple / NamedTuple of them
 
@@ -77,10 +76,10 @@ class RNN(nn.Module):
       `return_sequences` the outputs come in that reversed order (as in Keras).
     * `stateful`: the final state of one call is the initial state of the next (detached,
       for truncated back-propagation through time); `reset_states()` clears it.
-    * `implementation`: "auto" (default), "vendor", "fused" or "loop"; see `longshort.dispatch`.
-      `dispatch()` tells which path runs and why the others were refused.
-    * `compile`: run the cell's step through `torch.compile` in the loop path (see `_compiled`);
-      the first call pays the compile time, reported in `compile_seconds`.
+    * `implementation`: "auto" (default), "vendor", "fused", "compiled" or "loop"; see
+      `longshort.dispatch`. `dispatch()` tells which path runs and why the others were refused.
+      "compiled" (`longshort.compiled`) runs any cell fast; the first call for each batch size
+      pays the compile time, reported in `compile_seconds`.
     """
 
     accepts_mask = True
@@ -93,7 +92,6 @@ class RNN(nn.Module):
         go_backwards: bool = False,
         stateful: bool = False,
         implementation: str = "auto",
-        compile: bool = False,
     ) -> None:
         super().__init__()
         for method in ("forward", "initial_state"):
@@ -107,11 +105,15 @@ class RNN(nn.Module):
         self.state: Optional[State] = None  # the carried state when stateful
         self.implementation = check_implementation(implementation)
         self.last_dispatch: Optional[Dispatch] = None
+        self._compiled_loop: Optional[CompiledLoop] = None  # made at the first compiled call
+        self._compiled_refusal: Optional[str] = None  # why the compiled path refused this cell, once it has
         if implementation != "auto":
             self.dispatch()  # a configuration the path can never run fails now, not at the first call
-        self.compile = compile
-        self.compile_seconds: Optional[float] = None  # how long the first compiled step took
-        self._compiled_step = None
+
+    @property
+    def compile_seconds(self) -> Optional[float]:
+        """Seconds spent tracing and compiling the cell's step so far (None before the first compiled call)."""
+        return None if self._compiled_loop is None else self._compiled_loop.compile_seconds
 
     def reset_states(self) -> None:
         """Forget the state a stateful layer carries."""
@@ -152,7 +154,8 @@ class RNN(nn.Module):
     def dispatch(self, masked: bool = False) -> Dispatch:
         """The path (vendor, fused or loop) a call, with a mask if `masked`, takes, and why each
         other path was refused (see `longshort.dispatch`)."""
-        return choose(self.implementation, self.cell, masked, type(self).__name__)
+        compiled_refusal = self._compiled_refusal if self.implementation == "compiled" else NOT_ASKED
+        return choose(self.implementation, self.cell, masked, type(self).__name__, compiled_refusal)
 
     def run(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
         """Run the sequence by the path `dispatch` picks. Returns every output (B, T, ...) (or
@@ -163,7 +166,23 @@ class RNN(nn.Module):
             return self.cell.run_vendor(x, state)
         if path == "fused":
             return self.cell.run_fused(x, state, mask)
+        if path == "compiled":
+            return self.run_compiled(x, state, mask)
         return self.run_loop(x, state, mask)
+
+    def run_compiled(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, State]:
+        """The compiled path (`longshort.compiled`); a cell it cannot run raises a ValueError saying why."""
+        from longshort.compiled import CompiledLoop, CompileRefused  # it builds on this module's state helpers
+
+        if self._compiled_loop is None:
+            self._compiled_loop = CompiledLoop(self.cell)
+        try:
+            return self._compiled_loop.run(x, state, mask)
+        except CompileRefused as refusal:
+            self._compiled_refusal = str(refusal)
+            raise ValueError(
+                f"{type(self).__name__}(implementation='compiled') cannot run {type(self.cell).__name__}: {refusal}"
+            ) from None
 
     def run_loop(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
         """The loop over time, step by step through the cell."""
@@ -172,8 +191,6 @@ class RNN(nn.Module):
         else:
             inputs, step = x, self.cell
         inputs = inputs.unbind(1)  # T views (B, ...); unlike inputs[:, t], one gradient copy in all
-        if self.compile:
-            step = self._compiled(step, inputs[0], state)
         outputs, last = [], None
         for t, input_t in enumerate(inputs):
             y, new_state = step(input_t, state)
@@ -187,19 +204,6 @@ class RNN(nn.Module):
             if self.return_sequences:
                 outputs.append(y)
         return (torch.stack(outputs, dim=1) if self.return_sequences else None), last, state  # (B, T, H)
-
-    def _compiled(self, step, first_input: Tensor, state: State):
-        """`step` compiled by torch.compile (TorchInductor): the cell's elementwise math becomes one
-        generated kernel per step, forward and backward. The first call compiles, which takes seconds;
-        its time is kept in `compile_seconds` and logged. Inductor caches compiled graphs on disk, so
-        a later process with the same cell and shapes compiles faster."""
-        if self._compiled_step is None:
-            self._compiled_step = torch.compile(step, dynamic=False)
-            start = time.perf_counter()
-            self._compiled_step(first_input, state)  # compile now, outside the loop
-            self.compile_seconds = time.perf_counter() - start
-            logger.info("%s: compiled %s in %.1f s", type(self).__name__, type(self.cell).__name__, self.compile_seconds)
-        return self._compiled_step
 
     def _initial_state(self, initial_state: Optional[State], x: Tensor, who: str) -> State:
         zeros = self.cell.initial_state(x.shape[0], x)

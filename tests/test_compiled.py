@@ -1,0 +1,233 @@
+"""The compiled path (`longshort.compiled`): any cell, longshort's own backward-through-time, the
+step compiled by TorchInductor. It must give what the readable loop gives (outputs, states and
+every gradient), pass float64 gradcheck, refuse the cells it would get wrong, and compile once
+per batch size, dtype and mode.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd import gradcheck
+
+import longshort as ls
+
+
+class ProjectedLSTMCell(nn.Module):
+    """A user's LSTM cell that declares the input projection (`project_input` / `recur`)."""
+
+    def __init__(self, units: int, input_size: int) -> None:
+        super().__init__()
+        self.units = units
+        self.input_layer = nn.Linear(input_size, 4 * units)
+        self.recurrent_layer = nn.Linear(units, 4 * units, bias=False)
+
+    def initial_state(self, batch_size, like):
+        zeros = like.new_zeros(batch_size, self.units)
+        return ls.LSTMState(zeros, zeros)
+
+    def project_input(self, x):
+        return self.input_layer(x)
+
+    def recur(self, p_t, state):
+        h_prev, c_prev = state
+        i, f, g, o = (p_t + self.recurrent_layer(h_prev)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, ls.LSTMState(h, c)
+
+    def forward(self, x_t, state):
+        return self.recur(self.project_input(x_t), state)
+
+
+class MinimalRNNCell(nn.Module):
+    """The README's minimal cell: only `forward`, a tensor state, an output that is not the state."""
+
+    def __init__(self, units: int, input_size: int) -> None:
+        super().__init__()
+        self.kernel = nn.Linear(input_size, units)
+        self.recurrent_kernel = nn.Linear(units, units, bias=False)
+        self.register_buffer("scale", torch.full((units,), 0.9))
+
+    def initial_state(self, batch_size, like):
+        return like.new_zeros(batch_size, self.recurrent_kernel.in_features)
+
+    def forward(self, x_t, h_prev):
+        h = torch.tanh(self.kernel(x_t) + self.recurrent_kernel(h_prev)) * self.scale
+        return h * h, h
+
+
+CELLS = {
+    "projected LSTM": lambda: ProjectedLSTMCell(4, 3),
+    "minimal": lambda: MinimalRNNCell(4, 3),
+    "GRUCell": lambda: ls.GRUCell(4, 3),
+}
+
+
+def outputs_and_grads(layer: ls.RNN, x: torch.Tensor, initial, **call):
+    x = x.detach().clone().requires_grad_()
+    initial = ls.rnn.map_state(lambda s: s.detach().clone().requires_grad_(), initial)
+    output, *state = layer(x, initial_state=initial, **call)
+    loss = output.sin().sum() + sum((s * s).sum() for s in state)
+    inputs = [x, *ls.rnn.flatten_state(initial), *layer.parameters()]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [output, *state, *(torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs))]
+
+
+@pytest.fixture(scope="module")
+def compiled_layers():
+    """One compiled layer per cell kind and call kind, kept across tests so each compiles once."""
+    return {}
+
+
+@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.parametrize("masked", [False, True], ids=["no mask", "lengths"])
+@pytest.mark.parametrize("return_sequences", [True, False], ids=["sequences", "last"])
+def test_compiled_equals_the_loop(kind, masked, return_sequences, compiled_layers):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    if masked:
+        x[1, 2:] = 1e3  # garbage in the padding must not reach outputs or gradients
+    call = {"lengths": torch.tensor([5, 2, 0])} if masked else {}
+    options = dict(return_sequences=return_sequences, return_state=True)
+    reference = ls.RNN(CELLS[kind](), implementation="loop", **options).double()
+    key = (kind, return_sequences)
+    if key not in compiled_layers:
+        compiled_layers[key] = ls.RNN(copy.deepcopy(reference.cell), implementation="compiled", **options)
+    layer = compiled_layers[key]
+    layer.load_state_dict(reference.state_dict())
+    initial = ls.rnn.map_state(torch.randn_like, reference.cell.initial_state(3, x))
+    expected = outputs_and_grads(reference, x, initial, **call)
+    got = outputs_and_grads(layer, x, initial, **call)
+    assert layer.last_dispatch.implementation == "compiled"
+    for ours, theirs in zip(got, expected):
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_go_backwards_and_stateful_work_on_the_compiled_path():
+    torch.manual_seed(1)
+    x = torch.randn(2, 6, 3)
+    options = dict(return_sequences=True, go_backwards=True, stateful=True)
+    loop = ls.RNN(ProjectedLSTMCell(4, 3), **options)
+    compiled = ls.RNN(copy.deepcopy(loop.cell), implementation="compiled", **options)
+    for chunk in x.split(3, dim=1):  # the state carries over between calls
+        torch.testing.assert_close(compiled(chunk), loop(chunk), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.state.c, loop.state.c, rtol=1e-5, atol=1e-6)
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(2)
+    layer = ls.RNN(ProjectedLSTMCell(2, 2), return_sequences=True, return_state=True, implementation="compiled").double()
+    x = torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    params = list(layer.parameters())
+    lengths = torch.tensor([3, 1])
+
+    def run(x, h0, c0, *weights):
+        named = dict(zip((name for name, _ in layer.named_parameters()), weights))
+        return torch.func.functional_call(layer, named, (x,), {"initial_state": ls.LSTMState(h0, c0), "lengths": lengths})
+
+    assert gradcheck(run, (x, h0, c0, *params))
+
+
+def test_compiles_once_per_batch_size_and_mode():
+    torch.manual_seed(3)
+    layer = ls.RNN(MinimalRNNCell(4, 3), implementation="compiled")
+    x = torch.randn(2, 4, 3)
+    assert layer.compile_seconds is None
+    layer(x).sum().backward()
+    first = layer.compile_seconds
+    assert first > 0
+    layer(x * 2).sum().backward()
+    layer(x[:, :2])  # another length: the step is the same
+    assert layer.compile_seconds == first
+    layer(x[:1])  # another batch size
+    layer.eval()(x)  # another mode
+    assert len(layer._compiled_loop.steps) == 3 and layer.compile_seconds > first
+
+
+class DropoutCell(MinimalRNNCell):
+    def forward(self, x_t, h_prev):
+        h = torch.tanh(self.kernel(torch.nn.functional.dropout(x_t, 0.5)) + self.recurrent_kernel(h_prev))
+        return h, h
+
+
+class CapturingCell(MinimalRNNCell):
+    def __init__(self, units: int, input_size: int) -> None:
+        super().__init__(units, input_size)
+        self.shift = torch.ones(units)  # a plain attribute, not a buffer
+
+    def forward(self, x_t, h_prev):
+        h = torch.tanh(self.kernel(x_t) + self.recurrent_kernel(h_prev) + self.shift)
+        return h, h
+
+
+class BatchMixingCell(MinimalRNNCell):
+    def forward(self, x_t, h_prev):
+        z = self.kernel(x_t) + self.recurrent_kernel(h_prev)
+        h = torch.tanh(z - z.mean(dim=0))  # batch statistics
+        return h, h
+
+
+@pytest.mark.parametrize("cell, reason", [
+    (DropoutCell, "draws random numbers"),
+    (CapturingCell, "neither a parameter, a buffer nor its input"),
+    (BatchMixingCell, "mixes the rows of the batch"),
+], ids=["random", "captured tensor", "batch statistics"])
+def test_cells_the_compiled_path_would_get_wrong_are_refused(cell, reason):
+    layer = ls.RNN(cell(4, 3), implementation="compiled")
+    with pytest.raises(ValueError, match=f"implementation='compiled'.*{reason}"):
+        layer(torch.randn(2, 3, 3))
+    with pytest.raises(ValueError, match=reason):  # dispatch now knows, too
+        layer.dispatch()
+    assert ls.RNN(cell(4, 3)).dispatch().implementation == "loop"  # the loop still runs it
+
+
+def test_recurrent_dropout_of_a_builtin_cell_is_refused_in_training_only():
+    layer = ls.LSTM(4, 3, recurrent_dropout=0.5, implementation="compiled")
+    with pytest.raises(ValueError, match="implementation='compiled'"):
+        layer(torch.randn(2, 3, 3))
+    eval_layer = ls.LSTM(4, 3, recurrent_dropout=0.5, implementation="compiled").eval()
+    vendor = ls.LSTM(4, 3).eval()
+    vendor.load_state_dict(eval_layer.state_dict())
+    x = torch.randn(2, 3, 3)
+    torch.testing.assert_close(eval_layer(x), vendor(x))
+
+
+def test_auto_never_compiles_and_says_how_to_ask():
+    decision = ls.RNN(MinimalRNNCell(4, 3)).dispatch()
+    assert decision.implementation == "loop"
+    assert "implementation='compiled'" in decision.refused["compiled"]
+
+
+def test_without_inductor_the_traced_graphs_run_with_a_warning(monkeypatch):
+    import torch._inductor.compile_fx
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx_inner", no_compiler)
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 3, dtype=torch.float64)
+    loop = ls.RNN(MinimalRNNCell(4, 3), return_sequences=True).double()
+    compiled = ls.RNN(copy.deepcopy(loop.cell), return_sequences=True, implementation="compiled")
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        got = compiled(x)
+    torch.testing.assert_close(got, loop(x))
+
+
+def test_a_compiled_layer_copies_and_runs_in_bidirectional():
+    torch.manual_seed(5)
+    layer = ls.RNN(MinimalRNNCell(4, 3), return_sequences=True, implementation="compiled")
+    x = torch.randn(2, 3, 3)
+    layer(x)
+    twin = copy.deepcopy(layer)  # after compiling: the copy starts with an empty cache of its own
+    assert twin._compiled_loop.cell is twin.cell and not twin._compiled_loop.steps
+    torch.testing.assert_close(twin(x), layer(x))
+    both = ls.Bidirectional(layer)
+    assert both(x).shape == (2, 3, 8)
