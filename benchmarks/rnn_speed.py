@@ -210,15 +210,21 @@ def memory_table(point: Point) -> list[str]:
 
 
 def fused_versus_loop_table(repeats: int) -> list[str]:
-    """Training step of the fused GRU and ReLU SimpleRNN against the readable loop of the same cell."""
+    """Training step of the fused GRU, ReLU SimpleRNN and LSTM variants (layer norm, peephole,
+    zoneout) against the readable loop of the same cell."""
     rows = ["Fused kernel against the autograd loop of the same cell, training step, T=100, H=F=256:", ""]
     rows += ["| layer | B | loop ms | fused ms | speed-up |", "|---|---:|---:|---:|---:|"]
-    layers = {"GRU": lambda path: ls.GRU(256, 256, return_sequences=True, implementation=path),
-              "SimpleRNN relu": lambda path: ls.SimpleRNN(256, 256, activation="relu", return_sequences=True, implementation=path)}
-    for name, make in layers.items():
+    layers = {  # name: (layer class, its options)
+        "GRU": (ls.GRU, {}),
+        "SimpleRNN relu": (ls.SimpleRNN, {"activation": "relu"}),
+        "LayerNormLSTM": (ls.LayerNormLSTM, {}),
+        "LSTM(peephole=True)": (ls.LSTM, {"peephole": True}),
+        "LSTM(zoneout=0.1)": (ls.LSTM, {"zoneout": 0.1}),
+    }
+    for name, (layer_class, options) in layers.items():
         for batch in (1, 32):
             x = torch.randn(batch, 100, 256, requires_grad=True)
-            loop, fused = make("loop"), make("fused")
+            loop, fused = (layer_class(256, 256, return_sequences=True, implementation=path, **options) for path in ("loop", "fused"))
             fused.load_state_dict(loop.state_dict())
             times = time_interleaved({path: (lambda layer=layer: layer(x).sum().backward()) for path, layer in
                                       (("loop", loop), ("fused", fused))}, repeats)

@@ -1,4 +1,4 @@
-"""LayerNormLSTMCell, PeepholeLSTMCell and Zoneout: their equations, their place in the dispatch."""
+"""LayerNormLSTMCell, the peephole LSTMCell and Zoneout: their equations, their place in the dispatch."""
 
 import pytest
 import torch
@@ -35,13 +35,12 @@ def test_sequence_matches_the_equations():
     torch.testing.assert_close(c, c_ref, rtol=1e-12, atol=1e-12)
 
 
-def test_runs_the_readable_loop_and_says_why():
-    layer = ls.RNN(ls.LayerNormLSTMCell(4))
-    decision = layer.dispatch()
-    assert decision.implementation == "loop"
-    assert "LayerNormLSTMCell overrides recur" in decision.refused["fused"]
-    with pytest.raises(ValueError, match="overrides recur"):
-        ls.RNN(ls.LayerNormLSTMCell(4), implementation="fused")
+def test_runs_the_fused_kernel_and_says_why_not_torchs():
+    decision = ls.RNN(ls.LayerNormLSTMCell(4)).dispatch()
+    assert decision.implementation == "fused"
+    assert decision.refused["vendor"] == "torch's LSTM has no layer normalisation"
+    with pytest.raises(ValueError, match="no layer normalisation"):
+        ls.RNN(ls.LayerNormLSTMCell(4), implementation="vendor")
 
 
 def test_output_does_not_change_when_the_input_weights_are_scaled():
@@ -72,7 +71,7 @@ def _copy_lstm_weights(source, target):
 
 def test_peephole_cell_starts_as_the_plain_lstm_and_follows_its_equations():
     torch.manual_seed(3)
-    peephole = ls.PeepholeLSTMCell(4, 3).double()
+    peephole = ls.LSTMCell(4, 3, peephole=True).double()
     plain = ls.LSTMCell(4, 3).double()
     _copy_lstm_weights(peephole, plain)
     x = torch.randn(2, 6, 3, dtype=torch.float64)
@@ -89,7 +88,7 @@ def test_peephole_cell_starts_as_the_plain_lstm_and_follows_its_equations():
         c = f * c + i * torch.tanh(z_g)
         h = torch.sigmoid(z_o + peephole.weight_co * c) * torch.tanh(c)
     torch.testing.assert_close(ls.RNN(peephole)(x), h, rtol=1e-12, atol=1e-12)
-    assert ls.RNN(peephole).dispatch().implementation == "loop"
+    assert ls.RNN(peephole).dispatch().implementation == "fused"
 
 
 def test_zoneout_in_evaluation_blends_old_and_new_state():

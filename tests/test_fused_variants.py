@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import gradcheck
 
-from longshort.cells import LayerNormLSTMCell, LSTMCell, LSTMState, PeepholeLSTMCell, Zoneout
+from longshort.cells import LayerNormLSTMCell, LSTMCell, LSTMState, Zoneout
 from longshort.fused_lstm import lstm_recurrence
 from longshort.fused_lstm_variants import LayerNormWeights, ZoneoutKeep, lstm_variant_recurrence
 
@@ -220,7 +220,7 @@ def _check_against_cell(module, run_kernel, seed: int):
 
 
 def test_matches_peephole_lstm_cell():
-    cell = PeepholeLSTMCell(H, FEATURES).double()
+    cell = LSTMCell(H, FEATURES, peephole=True).double()
     _randomise(cell, seed=6)
     assert (cell.weight_ci != 0).all() and (cell.weight_co != 0).all()
 

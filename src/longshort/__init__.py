@@ -6,8 +6,8 @@
 """
 
 from longshort.activations import ACTIVATIONS, get_activation
-from longshort.cells import Cell, GRUCell, LayerNormLSTMCell, LSTMCell, LSTMState, PeepholeLSTMCell, SimpleRNNCell, Zoneout
-from longshort.layers import GRU, LSTM, SimpleRNN
+from longshort.cells import Cell, GRUCell, LayerNormLSTMCell, LSTMCell, LSTMState, SimpleRNNCell, Zoneout
+from longshort.layers import GRU, LSTM, LayerNormLSTM, SimpleRNN
 from longshort.rnn import RNN
 from longshort.training import Clip, History, clip_gradients, gradient_norm, train_step
 from longshort.wrappers import Bidirectional, Dense, Sequential, TimeDistributed
@@ -25,8 +25,8 @@ __all__ = [
     "History",
     "LSTM",
     "LSTMCell",
+    "LayerNormLSTM",
     "LayerNormLSTMCell",
-    "PeepholeLSTMCell",
     "LSTMState",
     "RNN",
     "Sequential",

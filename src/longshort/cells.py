@@ -52,6 +52,7 @@ Deviations from the papers, on purpose
   `h = (1 - z) * n + z * h_prev`. Gate order is PyTorch's `r, z, n` (Keras: `z, r, h`).
 * Dropout is variational (Gal & Ghahramani 2016): one mask per sequence, the same mask
   for all gates; recurrent dropout drops `h_prev` only where it enters the matmul.
+* LSTM zoneout has one rate for `h` and `c` (Krueger et al. 2016 allow one each).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from longshort._lazy import LazyInput, check_size
 from longshort.activations import ActivationSpec, get_activation
 from longshort.fused_gru import gru_recurrence
 from longshort.fused_lstm import lstm_recurrence
+from longshort.fused_lstm_variants import LayerNormWeights, ZoneoutKeep, lstm_variant_recurrence
 from longshort.fused_simple_rnn import simple_rnn_recurrence
 from longshort.rnn import flatten_state, map_state
 
@@ -193,12 +195,19 @@ class Cell(LazyInput):
         """Why the vendor and fused kernels cannot compute this cell's step (None if they can)."""
         raise NotImplementedError
 
+    def torch_refusal(self) -> Optional[str]:
+        """Why torch's kernel and `torch.nn` module cannot compute this cell's step (None if they can)."""
+        return self.kernel_refusal()
+
     def vendor_refusal(self, masked: bool) -> Optional[str]:
+        reason = self.torch_refusal()  # what no call can change comes first
+        if reason is not None:
+            return reason
         if masked:
             return "torch's kernel takes no mask"
         if self.recurrent_dropout and self.training:  # in eval mode it drops nothing
             return "torch's kernel has no recurrent dropout"
-        return self.kernel_refusal()
+        return None
 
     def fused_refusal(self, masked: bool) -> Optional[str]:
         return self.kernel_refusal()
@@ -243,6 +252,12 @@ def _gated_kernel_refusal(cell: Cell, own_recur) -> Optional[str]:
     return None
 
 
+def _zone_out(new: Tensor, prev: Tensor, rate: float, keep: Optional[Tensor]) -> Tensor:
+    """Zoneout of one state tensor: `prev` where `keep` (training), or with `keep` None (evaluation)
+    the expectation `rate * prev + (1 - rate) * new`."""
+    return torch.lerp(new, prev, rate) if keep is None else torch.where(keep, prev, new)
+
+
 class LSTMCell(Cell):
     r"""Long Short-Term Memory (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000).
 
@@ -258,6 +273,30 @@ class LSTMCell(Cell):
     `weight_hh (4H, H)`, `bias (4H)`. `activation` replaces tanh, `recurrent_activation`
     replaces sigma. With `unit_forget_bias` (the default) the forget slice `bias[H:2H]`
     starts at 1 (Jozefowicz et al. 2015). Returns `(h, LSTMState(h, c))`.
+
+    Options, each off by default:
+
+    * `peephole=True`: peephole connections (Gers & Schmidhuber 2000), the gates also see the cell
+      through diagonal weights `weight_ci`, `weight_cf`, `weight_co` (H each, zero at the start,
+      so a fresh cell computes the plain LSTM):
+
+      .. math::
+          i_t = \sigma(\ldots + w_{ci} \odot c_{t-1}) \qquad f_t = \sigma(\ldots + w_{cf} \odot c_{t-1})
+          \qquad o_t = \sigma(\ldots + w_{co} \odot c_t)
+
+    * `zoneout=rate`: zoneout (Krueger et al. 2016), each unit of `h` and of `c` keeps its
+      previous value with probability `rate`, a fresh draw per step and unit in training
+      (`d_t \sim \mathrm{Bernoulli}(rate)`), the expectation in evaluation:
+
+      .. math::
+          s_t = d_t \odot s_{t-1} + (1 - d_t) \odot \tilde{s}_t \quad \text{(training)}, \qquad
+          s_t = rate \cdot s_{t-1} + (1 - rate) \cdot \tilde{s}_t \quad \text{(evaluation)}
+
+      for `s` each of `h` and `c`, with `\tilde{h}_t = o_t \odot \tanh(\tilde{c}_t)` from the new,
+      not zoned-out cell, as in the paper. One rate serves both (the paper allows one each).
+
+    Both run in longshort's fused kernel (`fused_lstm_variants`); torch's own kernel
+    computes neither, and with zoneout not even in evaluation.
     """
 
     gates = 4
@@ -273,6 +312,8 @@ class LSTMCell(Cell):
         unit_forget_bias: bool = True,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        peephole: bool = False,
+        zoneout: float = 0.0,
         kernel_initializer: Initializer = nn.init.xavier_uniform_,
         recurrent_initializer: Initializer = nn.init.orthogonal_,
         bias_initializer: Initializer = nn.init.zeros_,
@@ -282,16 +323,26 @@ class LSTMCell(Cell):
             recurrent_dropout=recurrent_dropout, kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
         )
+        if not isinstance(peephole, bool):
+            raise ValueError(f"peephole must be True or False, got {peephole!r}")
         self.recurrent_activation = get_activation(recurrent_activation)
         self.unit_forget_bias = unit_forget_bias
+        self.peephole = peephole
+        self.zoneout = _check_rate("zoneout", zoneout)
         self.bias = nn.Parameter(torch.empty(4 * units)) if use_bias else None
+        self.weight_ci = nn.Parameter(torch.zeros(units)) if peephole else None
+        self.weight_cf = nn.Parameter(torch.zeros(units)) if peephole else None
+        self.weight_co = nn.Parameter(torch.zeros(units)) if peephole else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        if self.bias is not None and self.unit_forget_bias:
-            with torch.no_grad():
+        with torch.no_grad():
+            if self.bias is not None and self.unit_forget_bias:
                 self.bias[self.units : 2 * self.units] = 1.0
+            if self.peephole:
+                for weight in (self.weight_ci, self.weight_cf, self.weight_co):
+                    weight.zero_()
 
     def initial_state(self, batch_size: int, like: Tensor) -> LSTMState:
         zeros = like.new_zeros(batch_size, self.units)
@@ -301,25 +352,92 @@ class LSTMCell(Cell):
         h_prev, c_prev = state
         z = p_t + self._variational_dropout(h_prev, "recurrent") @ self.weight_hh.T  # (B, 4H)
         i, f, g, o = z.chunk(4, dim=-1)  # each (B, H)
-        i, f, o = self.recurrent_activation(i), self.recurrent_activation(f), self.recurrent_activation(o)
+        if self.peephole:
+            i, f = i + self.weight_ci * c_prev, f + self.weight_cf * c_prev
+        i, f = self.recurrent_activation(i), self.recurrent_activation(f)
         g = self.activation(g)
         c = f * c_prev + i * g
+        if self.peephole:
+            o = o + self.weight_co * c
+        o = self.recurrent_activation(o)
         h = o * self.activation(c)
+        if self.zoneout:
+            h, c = self.zone_out((h, c), state)
         return h, LSTMState(h, c)
 
+    # -- zoneout ------------------------------------------------------------------------------
+    def zoneout_masks(self, like: Tensor, steps: tuple[int, ...] = ()) -> Tensor:
+        """Zoneout's draws, bool (*steps, 2, B, H) for `like` (B, H): True where h (index 0 of the 2)
+        or c (index 1) keeps its previous value, with probability `zoneout`.
+
+        The loop draws (2, B, H) at every step, the fused path (T, 2, B, H) in one call. torch fills
+        a CPU tensor's uniforms in order, so after the same `torch.manual_seed` both consume the
+        random stream identically and zone out the same units (as does `Zoneout(LSTMCell(...))`,
+        which draws h, then c, at every step).
+        """
+        return torch.rand(*steps, 2, *like.shape, dtype=like.dtype, device=like.device) < self.zoneout
+
+    def zone_out(self, new: tuple[Tensor, Tensor], prev: tuple[Tensor, Tensor]) -> LSTMState:
+        """One step's zoneout: the new (h, c) against the previous one (see the class docstring)."""
+        (h, c), (h_prev, c_prev) = new, prev
+        keep_h, keep_c = self.zoneout_masks(h_prev) if self.training else (None, None)  # (B, H) each
+        return LSTMState(_zone_out(h, h_prev, self.zoneout, keep_h), _zone_out(c, c_prev, self.zoneout, keep_c))
+
+    # -- the fast paths -------------------------------------------------------------------------
     def kernel_refusal(self) -> Optional[str]:
         return _gated_kernel_refusal(self, LSTMCell.recur)
+
+    def torch_refusal(self) -> Optional[str]:
+        if self.peephole:
+            return "torch's LSTM has no peephole connections"
+        if self.zoneout:
+            return "torch's LSTM has no zoneout, and in evaluation zoneout's blend of old and new state is not the plain LSTM either"
+        return self.kernel_refusal()
 
     def vendor_kernel(self):
         return torch.lstm
 
+    def time_major_input(self, x: Tensor) -> Tensor:
+        """`p_t = W_ih x_t + b` of every step of x (B, T, F), time-major (T, B, 4H): what the fused kernels take."""
+        x = self._variational_dropout(x, "input")
+        return F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, 4H)
+
+    def layer_norm_weights(self) -> Optional[LayerNormWeights]:
+        """The layer norm weights of the fused kernel's recurrent side and cell; None: no layer norm."""
+        return None
+
+    def zoneout_keep(self, steps: int, like: Tensor) -> Optional[ZoneoutKeep]:
+        """What each of `steps` steps keeps of the previous h and c, for the fused kernel: masks
+        (T, B, H) in training, the rate in evaluation; None without zoneout."""
+        if not self.zoneout:
+            return None
+        if not self.training:
+            return ZoneoutKeep(self.zoneout, self.zoneout)
+        keep = self.zoneout_masks(like, (steps,))  # (T, 2, B, H)
+        return ZoneoutKeep(keep[:, 0], keep[:, 1])
+
     def run_fused(self, x: Tensor, state: LSTMState, mask: Optional[Tensor]):
         h0, c0 = state
-        x = self._variational_dropout(x, "input")
-        p = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, 4H): the kernel's time-major layout
-        y, h, c = lstm_recurrence(p, (h0, c0), self.weight_hh, mask, self.dropout_mask("recurrent", h0), time_major=True)
+        p = self.time_major_input(x)  # (T, B, 4H), bias included
+        recurrent_mask = self.dropout_mask("recurrent", h0)
+        zoneout = self.zoneout_keep(p.shape[0], h0)  # drawn after the dropout masks, as in the loop
+        peephole = (self.weight_ci, self.weight_cf, self.weight_co) if self.peephole else None
+        layer_norm = self.layer_norm_weights()
+        if peephole is None and layer_norm is None and zoneout is None:  # the plain LSTM: its own kernel is faster
+            y, h, c = lstm_recurrence(p, (h0, c0), self.weight_hh, mask, recurrent_mask, time_major=True)
+        else:
+            y, h, c = lstm_variant_recurrence(p, (h0, c0), self.weight_hh, peephole=peephole, layer_norm=layer_norm,
+                                              zoneout=zoneout, step_mask=mask, recurrent_mask=recurrent_mask)
         y = y.transpose(0, 1)  # (B, T, H)
         return y, _last(y, h, mask), LSTMState(h, c)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.peephole:
+            text += ", peephole=True"
+        if self.zoneout:
+            text += f", zoneout={self.zoneout}"
+        return text
 
 
 class GRUCell(Cell):
@@ -403,7 +521,8 @@ class LayerNormLSTMCell(LSTMCell):
     Each LN normalises over its features and scales by a learned gain; `LN_c` also has a
     learned shift. Activations are the default tanh and sigmoid; initialisers Keras' defaults. Parameters: those of `LSTMCell` plus `gain_ih (4H)`, `gain_hh (4H)`,
     `gain_c (H)`, `shift_c (H)`. The carried cell state is the un-normalised `c_t`.
-    No vendor or fused kernel computes it: `RNN` runs it in the readable loop.
+    `zoneout` is `LSTMCell`'s option; there are no peephole connections (haste's form has none).
+    `RNN` runs it in longshort's fused kernel (`fused_lstm_variants`); torch has none for it.
     """
 
     def __init__(
@@ -415,11 +534,12 @@ class LayerNormLSTMCell(LSTMCell):
         unit_forget_bias: bool = True,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
         epsilon: float = 1e-5,
     ) -> None:
         super().__init__(
             units, input_size, use_bias=use_bias, unit_forget_bias=unit_forget_bias, dropout=dropout,
-            recurrent_dropout=recurrent_dropout,
+            recurrent_dropout=recurrent_dropout, zoneout=zoneout,
         )
         self.epsilon = epsilon
         self.gain_ih = nn.Parameter(torch.ones(4 * units))
@@ -444,51 +564,25 @@ class LayerNormLSTMCell(LSTMCell):
         g = self.activation(g)
         c = f * c_prev + i * g
         h = o * self.activation(F.layer_norm(c, (self.units,), self.gain_c, self.shift_c, self.epsilon))
+        if self.zoneout:
+            h, c = self.zone_out((h, c), state)
         return h, LSTMState(h, c)
 
+    def kernel_refusal(self) -> Optional[str]:
+        return _gated_kernel_refusal(self, LayerNormLSTMCell.recur)
 
-class PeepholeLSTMCell(LSTMCell):
-    r"""LSTM with peephole connections (Gers & Schmidhuber 2000): the gates also see the cell.
+    def torch_refusal(self) -> Optional[str]:
+        return "torch's LSTM has no layer normalisation"
 
-    .. math::
-        i_t = \sigma(z_i + w_{ci} \odot c_{t-1}) \qquad f_t = \sigma(z_f + w_{cf} \odot c_{t-1}) \\
-        c_t = f_t \odot c_{t-1} + i_t \odot g_t \qquad o_t = \sigma(z_o + w_{co} \odot c_t) \\
-        h_t = o_t \odot \tanh(c_t)
+    def time_major_input(self, x: Tensor) -> Tensor:
+        p = self.project_input(x).transpose(0, 1)  # (T, B, 4H): LN_x(W_ih x_t)
+        return p if self.bias is None else p + self.bias
 
-    with `z = W_ih x_t + W_hh h_{t-1} + b` as in `LSTMCell`. Parameters: those of `LSTMCell`
-    plus the diagonal peephole weights `weight_ci`, `weight_cf`, `weight_co` (H each, zero at
-    the start, so a fresh cell computes what `LSTMCell` does). It runs the readable loop.
-    """
+    def layer_norm_weights(self) -> Optional[LayerNormWeights]:
+        return LayerNormWeights(self.gain_hh, self.gain_c, self.shift_c, self.epsilon)
 
-    def __init__(
-        self,
-        units: int,
-        input_size: Optional[int] = None,
-        *,
-        use_bias: bool = True,
-        unit_forget_bias: bool = True,
-        dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            units, input_size, use_bias=use_bias, unit_forget_bias=unit_forget_bias, dropout=dropout,
-            recurrent_dropout=recurrent_dropout,
-        )
-        self.weight_ci = nn.Parameter(torch.zeros(units))
-        self.weight_cf = nn.Parameter(torch.zeros(units))
-        self.weight_co = nn.Parameter(torch.zeros(units))
-
-    def recur(self, p_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
-        h_prev, c_prev = state
-        z = p_t + self._variational_dropout(h_prev, "recurrent") @ self.weight_hh.T  # (B, 4H)
-        z_i, z_f, z_g, z_o = z.chunk(4, dim=-1)  # each (B, H)
-        i = torch.sigmoid(z_i + self.weight_ci * c_prev)
-        f = torch.sigmoid(z_f + self.weight_cf * c_prev)
-        g = torch.tanh(z_g)
-        c = f * c_prev + i * g
-        o = torch.sigmoid(z_o + self.weight_co * c)
-        h = o * torch.tanh(c)
-        return h, LSTMState(h, c)
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", epsilon={self.epsilon}"
 
 
 class Zoneout(nn.Module):
@@ -501,6 +595,10 @@ class Zoneout(nn.Module):
     for every tensor of the state (`h` and `c` of an LSTM), a fresh mask per step and unit in
     training; in evaluation the expectation, `rate * s_{t-1} + (1 - rate) * \tilde{s}_t`. The
     step's output is the new state's first tensor (`h`). Parameters live in `.cell`.
+
+    It wraps any cell (GRU, SimpleRNN, yours) and runs in the readable loop. For an LSTM use the
+    option instead, `LSTM(units, zoneout=rate)` or `LSTMCell(units, zoneout=rate)`: the same
+    computation (the same draws, even), which runs in the fused kernel.
     """
 
     def __init__(self, cell: nn.Module, rate: float) -> None:
@@ -525,10 +623,8 @@ class Zoneout(nn.Module):
         return flatten_state(state)[0], state
 
     def _zoneout(self, new: Tensor, old: Tensor) -> Tensor:
-        if not self.training:
-            return torch.lerp(new, old, self.rate)
-        keep_old = torch.rand_like(new) < self.rate
-        return torch.where(keep_old, old, new)
+        keep_old = torch.rand_like(new) < self.rate if self.training else None
+        return _zone_out(new, old, self.rate, keep_old)
 
 
 class SimpleRNNCell(Cell):

@@ -1,9 +1,10 @@
-"""The ready-made layers `LSTM`, `GRU` and `SimpleRNN`: an `RNN` around the matching cell.
+"""The ready-made layers `LSTM`, `GRU`, `SimpleRNN` and `LayerNormLSTM`: an `RNN` around the matching cell.
 
 Their parameters live in `.cell`, so `LSTM(32)` and `RNN(LSTMCell(32))` have the same
 `state_dict` keys (`cell.weight_ih`, `cell.weight_hh`, `cell.bias`) and outputs, and run
 the same path (`implementation`, see `longshort.dispatch`). What a layer adds:
-`from_torch` / `to_torch`, which convert single-layer, one-direction `torch.nn` modules.
+`from_torch` / `to_torch`, which convert single-layer, one-direction `torch.nn` modules
+(`LayerNormLSTM` has no `torch.nn` counterpart).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from longshort.activations import ActivationSpec
-from longshort.cells import Cell, GRUCell, Initializer, LSTMCell, SimpleRNNCell
+from longshort.cells import Cell, GRUCell, Initializer, LayerNormLSTMCell, LSTMCell, SimpleRNNCell
 from longshort.rnn import RNN
 
 
@@ -85,7 +86,7 @@ class TorchLayer(RNN):
         return {}
 
     def _torch_options(self) -> dict:
-        reason = self.cell.kernel_refusal()
+        reason = self.cell.torch_refusal()
         if reason is not None:
             raise ValueError(f"{self.torch_class.__name__} cannot hold this layer: {reason}")
         return {}
@@ -111,6 +112,8 @@ class LSTM(TorchLayer):
         unit_forget_bias: bool = True,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        peephole: bool = False,
+        zoneout: float = 0.0,
         kernel_initializer: Initializer = nn.init.xavier_uniform_,
         recurrent_initializer: Initializer = nn.init.orthogonal_,
         bias_initializer: Initializer = nn.init.zeros_,
@@ -122,9 +125,44 @@ class LSTM(TorchLayer):
     ) -> None:
         cell = LSTMCell(
             units, input_size, activation=activation, recurrent_activation=recurrent_activation, use_bias=use_bias,
-            unit_forget_bias=unit_forget_bias, dropout=dropout, recurrent_dropout=recurrent_dropout,
-            kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
+            unit_forget_bias=unit_forget_bias, dropout=dropout, recurrent_dropout=recurrent_dropout, peephole=peephole,
+            zoneout=zoneout, kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
             bias_initializer=bias_initializer,
+        )
+        super().__init__(cell, return_sequences, return_state, go_backwards, stateful, implementation)
+
+
+class LayerNormLSTM(RNN):
+    """`RNN(LayerNormLSTMCell(...))` in one layer: the LSTM with layer normalisation in haste's form;
+    see `LayerNormLSTMCell` for the equations and options.
+
+    `(B, T, F) -> (B, units)`, or `(B, T, units)` with `return_sequences`; with
+    `return_state`, `(output, h, c)`. It runs longshort's fused kernel (masks, dropout and
+    zoneout included); torch.nn has no counterpart, so there is no `from_torch` / `to_torch`.
+    """
+
+    cell: LayerNormLSTMCell
+
+    def __init__(
+        self,
+        units: int,
+        input_size: Optional[int] = None,
+        *,
+        use_bias: bool = True,
+        unit_forget_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        epsilon: float = 1e-5,
+        return_sequences: bool = False,
+        return_state: bool = False,
+        go_backwards: bool = False,
+        stateful: bool = False,
+        implementation: str = "auto",
+    ) -> None:
+        cell = LayerNormLSTMCell(
+            units, input_size, use_bias=use_bias, unit_forget_bias=unit_forget_bias, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, zoneout=zoneout, epsilon=epsilon,
         )
         super().__init__(cell, return_sequences, return_state, go_backwards, stateful, implementation)
 
