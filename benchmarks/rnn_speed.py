@@ -10,7 +10,9 @@ outputs) of:
     ls.RNN(LSTMCell) loop    the generic loop over the readable cell (implementation="loop";
                              by default RNN(LSTMCell) dispatches exactly as ls.LSTM does)
     custom cell              a user-written LSTM cell through ls.RNN (see `UserLSTMCell`)
-    custom cell (compiled)   the same cell with ls.RNN(..., compile=True)
+    custom cell (compiled)   the same cell with ls.RNN(..., implementation="compiled")
+    projected cell (compiled)  a user cell that declares `project_input` / `recur` (see
+                             `ProjectedLSTMCell`), compiled: the input matmul leaves the loop
     nn.LSTMCell loop         the naive Python loop over torch's own cell
 
 and, in a second process, the same LSTM in JAX with `lax.scan` (benchmarks/jax_lstm.py;
@@ -41,16 +43,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch._dynamo
 from torch import Tensor, nn
 
 import longshort as ls
 
 HERE = Path(__file__).resolve().parent
-
-# torch.compile keeps up to `recompile_limit` versions of one function (one per shape and grad
-# mode) and then silently runs it eagerly; the grid needs more than the default 8.
-torch._dynamo.config.recompile_limit = 64
 
 
 @dataclass(frozen=True)
@@ -92,6 +89,23 @@ class UserLSTMCell(nn.Module):
         return h, ls.LSTMState(h, c)
 
 
+class ProjectedLSTMCell(UserLSTMCell):
+    """The same cell, declaring the cell protocol's input projection: `recur(project_input(x_t), state)`."""
+
+    def project_input(self, x: Tensor) -> Tensor:
+        return self.input_layer(x)  # (B, T, 4H) for a whole sequence
+
+    def recur(self, p_t: Tensor, state: ls.LSTMState) -> tuple[Tensor, ls.LSTMState]:
+        h_prev, c_prev = state
+        i, f, g, o = (p_t + self.recurrent_layer(h_prev)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, ls.LSTMState(h, c)
+
+    def forward(self, x_t: Tensor, state: ls.LSTMState) -> tuple[Tensor, ls.LSTMState]:
+        return self.recur(self.project_input(x_t), state)
+
+
 def naive_cell_loop(cell: nn.LSTMCell, x: Tensor) -> Tensor:
     h = c = x.new_zeros(x.shape[0], cell.hidden_size)
     outputs = []
@@ -108,7 +122,8 @@ def implementations(point: Point) -> dict[str, Callable[[Tensor], Tensor]]:
     naive = nn.LSTMCell(H, H)
     naive.load_state_dict({key.removesuffix("_l0"): value for key, value in reference.state_dict().items()})
     custom = ls.RNN(UserLSTMCell(H, H), return_sequences=True)
-    compiled = ls.RNN(UserLSTMCell(H, H), return_sequences=True, compile=True)
+    compiled = ls.RNN(UserLSTMCell(H, H), return_sequences=True, implementation="compiled")
+    projected = ls.RNN(ProjectedLSTMCell(H, H), return_sequences=True, implementation="compiled")
     return {
         "torch.nn.LSTM": lambda x: reference(x)[0],
         "ls.LSTM (auto)": ls.LSTM.from_torch(reference, return_sequences=True),
@@ -116,6 +131,7 @@ def implementations(point: Point) -> dict[str, Callable[[Tensor], Tensor]]:
         "ls.RNN(LSTMCell) loop": ls.RNN(ls.LSTMCell(H, H), return_sequences=True, implementation="loop"),
         "custom cell": custom,
         "custom cell (compiled)": compiled,
+        "projected cell (compiled)": projected,
         "nn.LSTMCell loop": lambda x: naive_cell_loop(naive, x),
     }
 
@@ -166,7 +182,8 @@ def measure(point: Point, repeats: int) -> dict[str, dict[str, float]]:
 
     forward_times = time_interleaved({name: forward(run) for name, run in runs.items()}, repeats)
     training_times = time_interleaved({name: training(run) for name, run in runs.items()}, repeats)
-    return {"forward": forward_times, "training": training_times}
+    compile_seconds = {name: run.compile_seconds for name, run in runs.items() if getattr(run, "compile_seconds", None)}
+    return {"forward": forward_times, "training": training_times}, compile_seconds
 
 
 def jax_times(grid: list[Point], repeats: int) -> dict[str, dict[str, float]]:
@@ -189,7 +206,7 @@ def memory_child(name: str, point: Point) -> None:
     x = torch.randn(point.batch, point.time, point.hidden, requires_grad=True)
     run = implementations(point)[name]
     with torch.no_grad():
-        run(x[:1, :2])  # build lazily created weights, load kernels
+        run(x[:, :2])  # build lazily created weights, load kernels, compile (once per batch size)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     run(x).sum().backward()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -197,7 +214,8 @@ def memory_child(name: str, point: Point) -> None:
 
 
 def memory_table(point: Point) -> list[str]:
-    names = ["torch.nn.LSTM", "ls.LSTM (auto)", "ls.LSTM (fused)", "ls.RNN(LSTMCell) loop", "nn.LSTMCell loop"]
+    names = ["torch.nn.LSTM", "ls.LSTM (auto)", "ls.LSTM (fused)", "ls.RNN(LSTMCell) loop", "projected cell (compiled)",
+             "nn.LSTMCell loop"]
     rows = [f"Peak memory growth of one training step, B={point.batch}, T={point.time}, H=F={point.hidden} (fresh process each):", ""]
     rows += ["| implementation | MiB | vs torch.nn.LSTM |", "|---|---:|---:|"]
     baseline = None
@@ -263,8 +281,10 @@ def main() -> None:
     grid = QUICK_GRID if args.quick else FULL_GRID
     jax = jax_times(grid, args.repeats)
     for point in grid:
-        times = measure(point, args.repeats)
+        times, compile_seconds = measure(point, args.repeats)
         peak = gemm_gflops(point)
+        print(f"Compile time at B={point.batch}, H={point.hidden} (trace and compile, once per batch size and mode): "
+              + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in compile_seconds.items()) + "\n")
         for mode, by_name in times.items():
             if str(point) in jax:
                 by_name["JAX lax.scan"] = jax[str(point)][mode]
