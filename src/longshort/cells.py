@@ -25,6 +25,11 @@ and, optionally,
                                       whole-sequence kernels `RNN` dispatches to (see
                                       `longshort.dispatch`); the built-in cells have them
 
+`RNN(cell, implementation="compiled")` runs any such cell fast (`longshort.compiled`) if its
+step treats the rows of the batch independently, draws no random numbers (draw dropout
+masks once per sequence: in `project_input`, or in `reset_dropout_masks` into a registered
+buffer), and reads no tensors besides its inputs, parameters and registered buffers.
+
 A minimal cell that runs (it is tested in tests/test_rnn.py)::
 
     class MinimalRNNCell(torch.nn.Module):
