@@ -22,18 +22,24 @@ def series(tmp_path):
     return path
 
 
-def train(capsys, series, out, *extra):
-    code = main(["train", str(series), "--out", str(out), *TINY, *map(str, extra)])
+def train(capsys, data, out, *extra):
+    """`longshort train DATA --out OUT` with TINY and `extra` options; (exit code, stdout, stderr)."""
+    options = [*TINY, *map(str, extra)]
+    if "--text" in options:
+        options.remove("--lookback=6")  # a time-series option
+    code = main(["train", str(data), "--out", str(out), *options])
     captured = capsys.readouterr()
     assert code in (0, 130), captured.err
     return code, captured.out, captured.err
 
 
 def test_checkpoint_is_plain_data_that_weights_only_loads(tmp_path, capsys, series):
+    threads = torch.get_num_threads()
     train(capsys, series, tmp_path, "--epochs", 2)
+    assert torch.get_num_threads() == threads  # training ran on config.threads (1), then gave them back
     payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert payload["format"] == "longshort-checkpoint" and payload["version"] == 1 and payload["kind"] == "series"
-    assert payload["config"]["lookback"] == 6 and payload["data"]["columns"] == ["v"]
+    assert payload["config"]["lookback"] == 6 and payload["config"]["threads"] == 1 and payload["data"]["columns"] == ["v"]
     assert len(payload["data"]["mean"]) == 1 and payload["data"]["values"].shape == (60, 1)
     assert payload["training"]["epoch"] == 2 and len(payload["training"]["validation_losses"]) == 2
     assert set(payload["model"]) == {"0.cell.weight_ih", "0.cell.weight_hh", "0.cell.bias", "1.weight", "1.bias"}
@@ -41,37 +47,53 @@ def test_checkpoint_is_plain_data_that_weights_only_loads(tmp_path, capsys, seri
     assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")] == []
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys, series):
-    train(capsys, series, tmp_path / "whole", "--epochs", 4)
-    train(capsys, series, tmp_path / "parts", "--epochs", 2)
-    _, printed, _ = train(capsys, series, tmp_path / "parts", "--epochs", 4)
-    assert "Resuming from" in printed and "2 of 4 epochs done" in printed
-    whole, parts = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "parts")
-    assert parts["training"]["epoch"] == 4 and len(parts["training"]["train_losses"]) == 4
-    assert parts["training"]["train_losses"] == whole["training"]["train_losses"]
-    for name, tensor in whole["model"].items():
-        assert torch.equal(tensor, parts["model"][name]), name
-    _, printed, _ = train(capsys, series, tmp_path / "parts", "--epochs", 4)
-    assert "already trained for 4 epochs" in printed
+@pytest.fixture
+def book(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_text("a small text to learn from. " * 20)  # 504 characters to train on: 49 sequences of 10
+    return path
 
 
-def test_interrupt_keeps_the_last_finished_epoch(tmp_path, capsys, series, monkeypatch):
-    steps = []
+def train_args(kind, series, book):
+    """Tiny runs of either kind with two batches per epoch."""
+    if kind == "series":
+        return [series]
+    return [book, "--text", "--seq_len=10", "--units=4", "--embedding=4", "--no-progress"]
+
+
+@pytest.mark.parametrize("kind", ["series", "text"])
+def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path, capsys, series, book, monkeypatch, kind):
+    args = train_args(kind, series, book)
+    train(capsys, *args[:1], tmp_path / "whole", *args[1:], "--epochs", 4)
     real_step = checkpoints.train_step
+    steps = []
 
-    def step_then_interrupt(*args):
+    def step_then_interrupt(*step_args):
         steps.append(1)
-        if len(steps) == 5:  # in the third epoch (two batches per epoch)
+        if len(steps) == 5:  # the first step of the third epoch: Ctrl-C
             raise KeyboardInterrupt
-        return real_step(*args)
+        return real_step(*step_args)
 
     monkeypatch.setattr(checkpoints, "train_step", step_then_interrupt)
-    code, _, err = train(capsys, series, tmp_path, "--epochs", 5, "--batch_size=32")
+    code, _, err = train(capsys, *args[:1], tmp_path / "parts", *args[1:], "--epochs", 4)
     assert code == 130 and "interrupted" in err and "run the same command again to resume" in err
-    assert load_checkpoint(tmp_path)["training"]["epoch"] == 2
+    assert load_checkpoint(tmp_path / "parts")["training"]["epoch"] == 2  # only the epoch in progress is lost
     monkeypatch.setattr(checkpoints, "train_step", real_step)
-    _, printed, _ = train(capsys, series, tmp_path, "--epochs", 5, "--batch_size=32")
-    assert "2 of 5 epochs done" in printed and load_checkpoint(tmp_path)["training"]["epoch"] == 5
+
+    _, printed, _ = train(capsys, *args[:1], tmp_path / "parts", *args[1:], "--epochs", 4)
+    assert "Resuming from" in printed and "2 of 4 epochs done" in printed
+    whole, parts = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "parts")
+    assert parts["training"]["epoch"] == 4
+    assert parts["training"]["train_losses"] == whole["training"]["train_losses"]
+    assert parts["training"]["validation_losses"] == whole["training"]["validation_losses"]
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, parts["model"][name]), name
+        assert torch.equal(whole["training"]["best_weights"][name], parts["training"]["best_weights"][name]), name
+
+    _, printed, _ = train(capsys, *args[:1], tmp_path / "parts", *args[1:], "--epochs", 6)  # more epochs: resumes
+    assert "4 of 6 epochs done" in printed and load_checkpoint(tmp_path / "parts")["training"]["epoch"] == 6
+    _, printed, _ = train(capsys, *args[:1], tmp_path / "parts", *args[1:], "--epochs", 6)
+    assert "already trained for 6 epochs" in printed
 
 
 def test_fresh_starts_over_and_other_settings_are_refused(tmp_path, capsys, series):

@@ -1,13 +1,23 @@
-"""The demo and the CLI that runs it, on tiny configurations."""
+"""The demo (`make demo`): train / forecast / gates / generate on the bundled data, and its claim."""
 
 import dataclasses
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
 
 from longshort.cli import config_from_overrides, main
 from longshort.datasets import sunspots_yearly, windows
-from longshort.demo import DemoConfig, cycle_period, run_demo
+from longshort.demo import DemoConfig, demo_commands
+from longshort.forecasting import SeriesConfig, train_forecaster
+
+PERSISTENCE = "persistence (last value)"
+AUTOREGRESSION = "linear autoregression on 24 steps"
+
+
+def quiet(_: str) -> None:
+    pass
 
 
 def test_sunspots_ship_with_the_package():
@@ -24,35 +34,62 @@ def test_windows_pair_each_window_with_the_next_value():
         windows(torch.arange(6.0), lookback=6)
 
 
-def test_cycle_period_finds_a_sine_period():
-    assert cycle_period(torch.sin(torch.arange(200.0) * 2 * torch.pi / 11)) == 11
-    assert cycle_period(torch.ones(50)) != cycle_period(torch.ones(50))  # nan for a constant
+def test_the_demo_runs_the_commands_the_readme_shows():
+    commands = [shlex.join(command) for command in demo_commands(DemoConfig(), Path("runs/demo"))]
+    assert commands == [
+        "train --out runs/demo/sunspots",
+        "forecast runs/demo/sunspots --steps 22",
+        "gates runs/demo/sunspots",
+        "train --text --epochs=4 --out runs/demo/kjv",
+        "generate runs/demo/kjv --prompt 'And God said' --length 300 --seed 0",
+        "gates runs/demo/kjv 'In the beginning God created the heaven and the earth.'",
+    ]
+    short = demo_commands(DemoConfig(text=False, series_epochs=5), Path("x"), fresh=True, progress=False)
+    assert len(short) == 3 and short[0] == ["train", "--out", "x/sunspots", "--epochs=5", "--fresh", "--no-progress"]
 
 
-def test_short_demo_beats_persistence():
-    report = run_demo(DemoConfig(epochs=40, free_run_years=40), progress=False)
-    lstm, persistence, _ = report.rmse.values()
-    assert lstm < persistence
-    assert len(report.forecast) == len(report.actual) == len(report.test_years) == 60
-    assert len(report.epoch_losses) == 40 and report.epoch_losses[-1] < report.epoch_losses[0]
-
-
-def test_cli_demo_prints_the_table_and_writes_the_plot(tmp_path, capsys):
-    assert main(["demo", "--epochs=1", "--free_run_years=24", "--no-progress", "--out", str(tmp_path)]) == 0
+def test_tiny_demo_end_to_end(tmp_path, capsys):
+    tiny = ["--series_epochs=2", "--forecast_steps=3", "--text_units=4", "--text_epochs=1", "--generate_length=20"]
+    assert main(["demo", *tiny, "--no-progress", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "RMSE" in printed and "persistence" in printed and "linear autoregression" in printed
-    assert (tmp_path / "sunspots.png").stat().st_size > 10_000
+    steps = [line for line in printed.splitlines() if line.startswith("$ longshort ")]
+    assert [step.split()[2] for step in steps] == ["train", "forecast", "gates", "train", "generate", "gates"]
+    for expected in ("Forecasting 'sunspots' of sunspots_yearly.csv", PERSISTENCE, AUTOREGRESSION, "seasonal naive (season 11"):
+        assert expected in printed
+    forecast = printed[printed.index("$ longshort forecast") :].splitlines()
+    assert [line.split()[0] for line in forecast[2:5]] == ["2009", "2010", "2011"]
+    assert "Bits per character on the held-out text" in printed
+    generated = printed[printed.index("$ longshort generate") :].splitlines()[1]
+    assert generated.startswith("And God said") and len(generated) >= len("And God said")
+    for name in ("sunspots/test_forecast.png", "sunspots/learning_curves.png", "sunspots/forecast.png",
+                 "sunspots/gates.png", "kjv/learning_curves.png", "kjv/gates.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
+
+
+def test_the_forecaster_beats_persistence_on_the_held_out_years():
+    config = SeriesConfig(target="sunspots", epochs=25, patience=0)
+    report = train_forecaster(config, progress=False, echo=quiet).report
+    assert report["times"]["test"] == "1963 to 2008 (46 steps)"
+    assert report["rmse"]["LSTM"] < 0.8 * report["rmse"][PERSISTENCE]
+
+
+@pytest.mark.slow
+def test_the_readme_demo_numbers():
+    """The claim of the README's demo section: with the defaults, the LSTM beats persistence and the linear AR."""
+    report = train_forecaster(progress=False, echo=quiet).report
+    rmse = report["rmse"]
+    assert rmse["LSTM"] < 0.6 * rmse[PERSISTENCE] and rmse["LSTM"] < rmse[AUTOREGRESSION]
 
 
 def test_cli_rejects_unknown_and_malformed_options(capsys):
-    assert main(["demo", "--epoch=3"]) == 2
-    assert "unknown option --epoch" in capsys.readouterr().err
-    assert main(["demo", "--epochs=many"]) == 2
-    assert "--epochs takes a int" in capsys.readouterr().err
+    assert main(["demo", "--epochs=3"]) == 2
+    assert "unknown option --epochs; DemoConfig has: --series_epochs" in capsys.readouterr().err
+    assert main(["demo", "--series_epochs=many"]) == 2
+    assert "--series_epochs takes a" in capsys.readouterr().err
 
 
 def test_config_overrides_convert_types():
-    config = config_from_overrides(DemoConfig, ["--epochs=7", "--learning_rate=0.5", "--split-year=1900"])
-    assert dataclasses.astuple(config)[:4] == (24, 1900, 32, 7) and config.learning_rate == 0.5
+    config = config_from_overrides(DemoConfig, ["--series-epochs=7", "--text=false", "--prompt=Moses", "--seed=2"])
+    assert dataclasses.astuple(config)[:3] == (7, 22, False) and config.prompt == "Moses" and config.seed == 2
     with pytest.raises(ValueError, match="--field=value"):
         config_from_overrides(DemoConfig, ["epochs"])

@@ -18,19 +18,11 @@ def quiet(_: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def pattern_model():
+def pattern_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pattern") / "pattern.txt"
+    path.write_text(PATTERN)
     config = TextConfig(seq_len=12, embedding=4, units=16, epochs=30, patience=0, batch_size=16, learning_rate=0.02)
-    return train_char_model(config, None, None, progress=False, echo=quiet) if False else _train_on(PATTERN, config)
-
-
-def _train_on(text, config):
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "pattern.txt"
-        path.write_text(text)
-        return train_char_model(config, path, None, progress=False, echo=quiet)
+    return train_char_model(config, path, None, progress=False, echo=quiet)
 
 
 def test_it_learns_a_pattern_far_below_the_unigram_baseline(pattern_model):
@@ -66,7 +58,7 @@ def test_unigram_bits():
 
 def test_trace_gates_replays_the_lstm(pattern_model):
     x = pattern_model.embed("abcdab")  # (1, 6, 4)
-    gates = trace_gates(pattern_model.network.lstm.cell, x)
+    gates = trace_gates(pattern_model.network.lstm.cell, x[0])
     assert set(gates) == {"i", "f", "g", "o", "c", "h"} and gates["h"].shape == (6, 16)
     with torch.no_grad():
         outputs, _, _ = pattern_model.network.lstm(x)  # (1, 6, 16)
@@ -93,6 +85,7 @@ def test_cli_train_generate_gates(tmp_path, capsys):
     assert "never seen the characters 'E', 'H', 'T'" in err and "Traceback" not in err
 
     assert main(["gates", str(out), "the mat"]) == 0
+    assert capsys.readouterr().out.startswith("Reading the text 'the mat' itself (there is no file of that name).\n")
     assert (out / "gates.png").stat().st_size > 10_000
     assert main(["gates", str(out), str(book), "--range", "4:30", "--plot", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").stat().st_size > 10_000

@@ -72,6 +72,13 @@ def test_train_then_forecast_then_gates(tmp_path, capsys):
 
     code, printed, _ = run(capsys, "gates", out / "checkpoint.pt", data, "--range", "10:40", "--plot", tmp_path / "g.png")
     assert code == 0 and (tmp_path / "g.png").stat().st_size > 10_000
+    code, printed, _ = run(capsys, "gates", out)  # no INPUT: the series the checkpoint carries
+    assert code == 0 and printed == f"Plot: {out / 'gates.png'}\n" and (out / "gates.png").stat().st_size > 10_000
+
+    assert_refused(capsys, "forecast", f"no such file: {tmp_path / 'new.csv'}", out, "--input", tmp_path / "new.csv")
+    assert_refused(capsys, "gates", f"no such file: {tmp_path / 'new.csv'}", out, tmp_path / "new.csv")
+    data.write_text(data.read_text().replace("year,value,other", "year,price,other"))
+    assert_refused(capsys, "forecast", "has no column 'value' (--target)", out, "--input", data)
 
 
 def test_multi_step_horizon_with_features(tmp_path, capsys):
@@ -158,6 +165,8 @@ def test_baselines():
 
 def test_missing_file(tmp_path, capsys):
     assert_refused(capsys, "train", f"no such file: {tmp_path / 'nope.csv'}", tmp_path / "nope.csv")
+    for command in ("forecast", "generate", "gates"):
+        assert_refused(capsys, command, f"no checkpoint at {tmp_path / 'run' / 'checkpoint.pt'}", tmp_path / "run" / "checkpoint.pt")
 
 
 def test_csv_without_the_target_column(tmp_path, capsys):
@@ -201,6 +210,7 @@ def test_empty_and_header_only_csv(tmp_path, capsys):
 def test_bad_options(tmp_path, capsys):
     assert_refused(capsys, "train", "unknown option --unit", "--unit=3")
     assert_refused(capsys, "train", "--lookback must be at least 1", "--lookback", 0)
+    assert_refused(capsys, "train", "--threads must be at least 1", "--threads=0")
     assert_refused(capsys, "train", "are for time series, not --text", "--text", "--lookback", 5)
     assert_refused(capsys, "forecast", "unknown arguments: --units=3", tmp_path, "--units=3")
     assert_refused(capsys, "gates", "--range takes FIRST:LAST", tmp_path, "x.csv", "--range", "5")
@@ -212,3 +222,4 @@ def test_forecast_needs_a_series_checkpoint(tmp_path, capsys):
     text.write_text("a small text to learn from. " * 20)
     assert run(capsys, "train", text, "--text", "--seq_len=10", "--out", tmp_path / "t", *TINY)[0] == 0
     assert_refused(capsys, "forecast", "holds a character language model (trained with --text); this needs a time-series forecaster", tmp_path / "t")
+    assert_refused(capsys, "gates", "a character model needs INPUT: a text file, or the text itself in quotes", tmp_path / "t")

@@ -64,9 +64,10 @@ class TextConfig:
     clip_norm: float = 1.0  # global gradient-norm clipping
     validation_fraction: float = 0.1  # the end of the text, held out
     seed: int = 0
+    threads: int = 1  # CPU threads for torch: 1 is fastest for small models, above all on a busy machine
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "embedding", "units", "epochs", "batch_size"):
+        for name in ("seq_len", "embedding", "units", "epochs", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.validation_fraction < 1:

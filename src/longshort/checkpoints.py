@@ -42,13 +42,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from longshort.experiments.tasks import long_lag_cpu
 from longshort.training import Clip, train_step
 
 FORMAT = "longshort-checkpoint"
 VERSION = 1
 FILENAME = "checkpoint.pt"
 KINDS = {"series": "a time-series forecaster", "text": "a character language model (trained with --text)"}
-RESUMABLE_CHANGES = ("epochs", "patience")  # config fields a resumed run may change
+RESUMABLE_CHANGES = ("epochs", "patience", "threads")  # config fields a resumed run may change
 
 Batch = tuple[Tensor, Tensor]  # (inputs, targets)
 
@@ -164,8 +165,9 @@ def fit(
 ) -> tuple[TrainingState, dict[str, Any]]:
     """A whole training run, as both trainers do it: resume from `out/checkpoint.pt` if it is
     there, run the epochs (saving after each), switch to the best weights, `evaluate` them into
-    a report, and save the checkpoint once more with the report. `config` has `epochs` and
-    `patience`; `data["fingerprint"]` identifies the training data."""
+    a report, and save the checkpoint once more with the report, all on `config.threads` CPU
+    threads with denormals flushed to zero (`long_lag_cpu`, as the experiments run). `config` has
+    `epochs`, `patience` and `threads`; `data["fingerprint"]` identifies the training data."""
     path = Path(out) / FILENAME if out is not None else None
     state = resume(out, kind, config, data["fingerprint"], loop.model, loop.optimizer, fresh, echo)
 
@@ -173,13 +175,14 @@ def fit(
         if path is not None:
             save_checkpoint(path, kind, config, data, weights or loop.model.state_dict(), loop.optimizer, state, report)
 
-    state = train_epochs(loop, state, config.epochs, config.patience, save, progress, description)
-    latest = {name: tensor.detach().clone() for name, tensor in loop.model.state_dict().items()}
-    if state.best_weights is not None:
-        loop.model.load_state_dict(state.best_weights)
-    loop.model.eval()
-    report = evaluate(state)
-    save(state, report, latest)
+    with long_lag_cpu(config.threads):
+        state = train_epochs(loop, state, config.epochs, config.patience, save, progress, description)
+        latest = {name: tensor.detach().clone() for name, tensor in loop.model.state_dict().items()}
+        if state.best_weights is not None:
+            loop.model.load_state_dict(state.best_weights)
+        loop.model.eval()
+        report = evaluate(state)
+        save(state, report, latest)
     return state, report
 
 

@@ -1,13 +1,13 @@
 """The `longshort` command line.
 
-    longshort demo [--field=value ...] [--out DIR]
+    longshort demo [--field=value ...] [--out DIR] [--fresh] [--no-progress]
     longshort experiment NAME [--field=value ...] [--out DIR]
     longshort experiment --list
     longshort train [FILE] [--text] [--target COLUMN] [--features A,B] [--lookback N] [--horizon K]
                     [--epochs N] [--out DIR] [--fresh] [--no-progress] [--field=value ...]
     longshort forecast CHECKPOINT [--steps K] [--input CSV] [--plot PNG]
     longshort generate CHECKPOINT [--prompt TEXT] [--length N] [--temperature T] [--seed S]
-    longshort gates CHECKPOINT INPUT [--range A:B] [--max-units N] [--plot PNG]
+    longshort gates CHECKPOINT [INPUT] [--range A:B] [--max-units N] [--plot PNG]
 
 Bad input (a missing or malformed file, a wrong option, an unusable checkpoint) prints
 `longshort COMMAND: what is wrong` on stderr and exits with code 2.
@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, TypeVar
 
-from longshort.demo import DemoConfig, format_report, plot_report, run_demo
+from longshort.demo import DemoConfig, demo_commands
 
 SERIES_FLAGS = ("target", "features", "lookback", "horizon")  # train's flags that only a time series takes
 
@@ -47,11 +48,14 @@ def config_from_overrides(config_class: type[Config], overrides: Sequence[str]) 
     return config_class(**values)
 
 
-def _demo(overrides: Sequence[str], out: Path, progress: bool) -> int:
+def _demo(overrides: Sequence[str], out: Path, fresh: bool, progress: bool) -> int:
+    """Run the demo's commands (see longshort.demo) one after the other, each shown first; stop at a failure."""
     config = config_from_overrides(DemoConfig, overrides)
-    report = run_demo(config, progress=progress)
-    print(format_report(report))
-    print(f"\nPlot: {plot_report(report, out / 'sunspots.png')}")
+    for command in demo_commands(config, out, fresh, progress):
+        print(f"\n$ longshort {shlex.join(command)}", flush=True)
+        code = main(command)
+        if code != 0:
+            return code
     return 0
 
 
@@ -155,14 +159,23 @@ def _gates(args: argparse.Namespace) -> int:
         from longshort.forecasting import Forecaster
 
         model = Forecaster.load(args.checkpoint)
-        if not Path(args.input).exists():
+        if args.input is None:
+            sequence = model.data  # the series it was trained on, which the checkpoint carries
+        elif not Path(args.input).exists():
             raise ValueError(f"no such file: {args.input}")
-        sequence = model.read_csv(Path(args.input))
+        else:
+            sequence = model.read_csv(Path(args.input))
     else:
         from longshort.charmodel import CharModel
 
         model = CharModel.load(args.checkpoint)
-        sequence = read_text_file(Path(args.input)) if Path(args.input).is_file() else args.input
+        if args.input is None:
+            raise ValueError("a character model needs INPUT: a text file, or the text itself in quotes")
+        if Path(args.input).is_file():
+            sequence = read_text_file(Path(args.input))
+        else:
+            print(f"Reading the text {args.input!r} itself (there is no file of that name).")
+            sequence = args.input
     print(f"Plot: {draw_gates(model, sequence, plot, first, last, args.max_units)}")
     return 0
 
@@ -222,11 +235,11 @@ def _add_model_commands(commands: argparse._SubParsersAction) -> None:
 
     gates = commands.add_parser(
         "gates", allow_abbrev=False, help="draw the LSTM's f, i, o, g, c, h over time for an input, as heat maps",
-        description="INPUT is a CSV for a forecaster (default: its last lookback rows), or a text file or a string for a "
-        "character model (default: its first 80 characters).",
+        description="INPUT is a CSV for a forecaster (default: the series it was trained on), or a text file or the text "
+        "itself for a character model. Drawn: the last lookback rows of the CSV, or the first 80 characters, unless --range says.",
     )
     gates.add_argument("checkpoint", type=Path, help="checkpoint.pt, or the folder train wrote it to")
-    gates.add_argument("input", help="a CSV (series model), or a text file or literal text (text model)")
+    gates.add_argument("input", nargs="?", help="a CSV (series model; default its training series), or a text file or text (text model)")
     gates.add_argument("--range", default=None, help="FIRST:LAST rows (CSV) or characters (text), Python slice style")
     gates.add_argument("--max-units", type=int, default=64, help="draw at most this many units (default 64)")
     gates.add_argument("--plot", type=Path, default=None, help="the PNG (default gates.png beside the checkpoint)")
@@ -237,11 +250,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
-        help="train an LSTM on yearly sunspot numbers and show what it learned",
-        description="Options (DemoConfig fields) as --field=value: "
-        + ", ".join(f"--{field.name}={field.default}" for field in dataclasses.fields(DemoConfig)),
+        help="train, forecast, generate and draw the gates on the bundled sunspots and King James text",
+        description="Runs longshort train / forecast / gates on the bundled yearly sunspot numbers, then train --text / "
+        f"generate / gates on the bundled King James text, showing each command. Options (DemoConfig): {_fields_help(DemoConfig)}.",
     )
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the plot (default runs/demo)")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the checkpoints and plots (default runs/demo)")
+    demo.add_argument("--fresh", action="store_true", help="train anew instead of resuming the checkpoints in --out")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     experiment = commands.add_parser(
         "experiment",
@@ -258,7 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "experiment":
             return _experiment(args.name, overrides, args.out, not args.no_progress, args.list)
         if args.command == "demo":
-            return _demo(overrides, args.out, progress=not args.no_progress)
+            return _demo(overrides, args.out, args.fresh, progress=not args.no_progress)
         if args.command != "train" and overrides:
             raise ValueError(f"unknown arguments: {' '.join(overrides)} (see longshort {args.command} --help)")
         if args.command == "train":
@@ -267,6 +281,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as error:
         print(f"longshort {args.command}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # train says more, and resumes; the other commands have nothing to lose
+        print(f"\nlongshort {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

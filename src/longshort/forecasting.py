@@ -82,9 +82,10 @@ class SeriesConfig:
     learning_rate: float = 3e-3
     clip_norm: float = 1.0  # global gradient-norm clipping
     seed: int = 0
+    threads: int = 1  # CPU threads for torch: 1 is fastest for small models, above all on a busy machine
 
     def __post_init__(self) -> None:
-        for name in ("lookback", "horizon", "units", "epochs", "batch_size"):
+        for name in ("lookback", "horizon", "units", "epochs", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.validation_fraction < 1 or not 0 <= self.test_fraction < 1:
@@ -601,21 +602,36 @@ def _relative(value: float, reference: float) -> str:
 
 
 def plot_test(forecaster: Forecaster, path: Path) -> Path:
-    """The series, the parts, and the one-step forecasts of the LSTM and the autoregression on the evaluated part."""
-    report, data = forecaster.report, forecaster.data
+    """Above, the whole series with its validation and test parts shaded; below, the evaluated part
+    close up: the actual values and the one-step forecasts of the LSTM and the linear autoregression."""
+    report, data, config = forecaster.report, forecaster.data, forecaster.config
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=(10, 4.5))
+    figure, (whole, close) = plt.subplots(2, 1, figsize=(10, 7.5), gridspec_kw={"height_ratios": [1, 1.4]})
     axis_of = _time_axis(data.times)
-    axes.plot(axis_of(data.times), data.values[:, 0].tolist(), color="0.6", linewidth=1, label="actual")
+    times = axis_of(data.times)
+    whole.plot(times, data.values[:, 0].tolist(), color="0.3", linewidth=1, label="actual")
+    starts = axis_of(report["boundaries"])  # where the validation part (and the test part) start
+    shades = [("validation part (early stopping)", "tab:orange"), ("test part (never trained on)", "tab:green")]
+    for (label, colour), start, stop in zip(shades, starts, starts[1:] + [times[-1]]):
+        whole.axvspan(start, stop, color=colour, alpha=0.15, label=label)
+    whole.set_title(f"{data.columns[0]} ({Path(data.source).name}): trained on the unshaded part")
+    whole.legend(loc="upper left", fontsize=8)
+
     shown = axis_of(report["evaluated_times"])
-    axes.plot(shown, report["lstm"], color="tab:red", linewidth=1.5, label="LSTM, one step ahead")
-    axes.plot(shown, report["autoregression"], color="tab:blue", linestyle="--", linewidth=1, label="linear autoregression")
-    for boundary in axis_of(report["boundaries"]):
-        axes.axvline(boundary, color="k", linestyle=":", linewidth=1)
-    axes.set_title(f"{data.columns[0]}: the {report['part']} part, which training never saw, is right of the last dotted line")
-    axes.set_xlabel(data.time_column or "time step")
-    axes.legend(loc="upper left")
-    return save_figure(figure, path)
+    rmse = report["rmse"]
+    close.plot(shown, report["actual"], color="0.3", linewidth=1.5, marker=".", label="actual")
+    close.plot(shown, report["lstm"], color="tab:red", linewidth=1.5, label=f"LSTM (RMSE {rmse['LSTM']:.3g})")
+    autoregression = f"linear autoregression on {config.lookback} steps"
+    close.plot(
+        shown, report["autoregression"], color="tab:blue", linestyle="--", linewidth=1,
+        label=f"{autoregression} (RMSE {rmse[autoregression]:.3g})",
+    )
+    close.plot([], [], " ", label=f"persistence: RMSE {rmse['persistence (last value)']:.3g}")  # a legend line only
+    ahead = "" if config.horizon == 1 else f" (RMSE over all {config.horizon} steps ahead)"
+    close.set_title(f"The {report['part']} part close up: forecasts one step ahead{ahead}")
+    close.set_xlabel(data.time_column or "time step")
+    close.legend(loc="upper left", fontsize=8)
+    return save_figure(figure, Path(path))
 
 
 def plot_forecast(forecast: Forecast, path: Path, time_label: str = "time step") -> Path:
@@ -631,7 +647,7 @@ def plot_forecast(forecast: Forecast, path: Path, time_label: str = "time step")
     axes.set_title(f"{forecast.target}: forecast of {len(forecast.times)} steps")
     axes.set_xlabel(time_label)
     axes.legend(loc="upper left")
-    return save_figure(figure, path)
+    return save_figure(figure, Path(path))
 
 
 def _time_axis(all_times: list[str]) -> Callable[[list[str]], list[Any]]:

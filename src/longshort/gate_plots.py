@@ -1,7 +1,8 @@
 """Pictures of a trained LSTM: learning curves, and heat maps of its gates over a sequence.
 
-`plot_gates` draws what `longshort gates` shows: one heat map per quantity of the LSTM
-step (units down, time across), in the order a reader follows the equations:
+`draw_gates` replays the model's LSTM cell over a sequence (`trace_gates`, shared with the
+gates experiment) and `plot_gates` draws what `longshort gates` shows: one heat map per
+quantity of the LSTM step (units down, time across), in the order a reader follows the equations:
 
     f  forget gate      sigmoid, 0..1: how much of c_{t-1} is kept
     i  input gate       sigmoid, 0..1: how much of the candidate is written
@@ -13,15 +14,16 @@ step (units down, time across), in the order a reader follows the equations:
 
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import torch
 from torch import Tensor
 
-from longshort.cells import LSTMCell
 from longshort.charmodel import CharModel
 from longshort.experiments.base import pyplot, save_figure
+from longshort.experiments.gates import trace_gates
 from longshort.forecasting import Forecaster, SeriesData
 
 GATE_ORDER = ("f", "i", "o", "g", "c", "h")
@@ -40,20 +42,32 @@ def plot_learning_curves(
     train_losses: Sequence[float], validation_losses: Sequence[float], best_epoch: int, ylabel: str, title: str, path: Path
 ) -> Path:
     """Training and validation loss per epoch, the best epoch marked; a PNG at `path`."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(8, 4.5))
     epochs = range(1, len(train_losses) + 1)
-    axes.plot(epochs, list(train_losses), label="training")
-    axes.plot(epochs, list(validation_losses), label="validation")
+    marker = "o" if len(epochs) <= 20 else None
+    axes.plot(epochs, list(train_losses), marker=marker, label="training")
+    axes.plot(epochs, list(validation_losses), marker=marker, label="validation")
     if best_epoch:
         axes.axvline(best_epoch, color="k", linestyle=":", linewidth=1, label=f"best epoch ({best_epoch}): weights kept")
     if min(min(train_losses), min(validation_losses)) > 0:
         axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _log_tick(value, (1,))))
+        axes.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: _log_tick(value, (2, 3, 5))))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
-    axes.set_title(title)
+    axes.set_title(textwrap.fill(title, 80), fontsize=11)
     axes.legend()
-    return save_figure(figure, path)
+    return save_figure(figure, Path(path))
+
+
+def _log_tick(value: float, leading: tuple[int, ...]) -> str:
+    """A log axis' tick label as a plain number (0.2, 3, 50), or "" unless its leading digit is in `leading`."""
+    digit = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if digit in leading else ""
 
 
 def plot_gates(
@@ -104,28 +118,14 @@ def plot_gates(
         bottom.set_xticks(range(0, len(labels), every))
         rotation = 90 if max(len(label) for label in labels) > 1 else 0
         bottom.set_xticklabels(labels[::every], fontsize=8, fontfamily="monospace", rotation=rotation)
+        if series is None:  # no input curve on top: the labels above the first map too, to read a tall figure from either end
+            axes[0].tick_params(axis="x", labeltop=True)
+            for label in axes[0].get_xticklabels():
+                label.set(fontsize=8, fontfamily="monospace", rotation=rotation)
     bottom.set_xlabel(xlabel)
     suffix = f" (first {shown} of {units} units)" if shown < units else ""
     figure.suptitle(title + suffix)
-    return save_figure(figure, path)
-
-
-def trace_gates(cell: LSTMCell, x: Tensor) -> dict[str, Tensor]:
-    """Replay `cell`'s equations on one sequence x (1, T, F) from a zero state, keeping every
-    quantity: a dict of (T, H) tensors for i, f, g, o, c and h."""
-    with torch.no_grad():
-        projected = x[0] @ cell.weight_ih.T + (cell.bias if cell.bias is not None else 0)  # (T, 4H)
-        h = c = x.new_zeros(1, cell.units)  # (1, H)
-        trace: dict[str, list[Tensor]] = {name: [] for name in ("i", "f", "g", "o", "c", "h")}
-        for p_t in projected:
-            i, f, g, o = (p_t + h @ cell.weight_hh.T).chunk(4, dim=-1)  # each (1, H)
-            i, f, o = cell.recurrent_activation(i), cell.recurrent_activation(f), cell.recurrent_activation(o)
-            g = cell.activation(g)
-            c = f * c + i * g
-            h = o * cell.activation(c)
-            for name, value in zip("ifgoch", (i, f, g, o, c, h)):
-                trace[name].append(value[0])
-    return {name: torch.stack(values) for name, values in trace.items()}  # (T, H) each
+    return save_figure(figure, Path(path))
 
 
 def draw_gates(
@@ -154,4 +154,4 @@ def draw_gates(
         x, labels = model.embed(text), list(text)  # (1, T, E)
         cell, xlabel, target = model.network.lstm.cell, "time: the characters read", None
         title = "LSTM gates of the character model"
-    return plot_gates(trace_gates(cell, x), path, title, labels, xlabel, max_units, target)
+    return plot_gates(trace_gates(cell, x[0]), path, title, labels, xlabel, max_units, target)
