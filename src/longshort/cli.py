@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import shlex
 import sys
 from pathlib import Path
@@ -40,12 +41,26 @@ def config_from_overrides(config_class: type[Config], overrides: Sequence[str]) 
             raise ValueError(f"expected --field=value, got {override!r}")
         if name not in fields:
             raise ValueError(f"unknown option --{name}; {config_class.__name__} has: {', '.join('--' + f for f in fields)}")
-        kind = type(fields[name].default)
-        try:
-            values[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
-        except ValueError:
-            raise ValueError(f"--{name} takes a {kind.__name__}, got {text!r}") from None
+        values[name] = _convert(name, text, type(fields[name].default))
     return config_class(**values)
+
+
+def _convert(name: str, text: str, kind: type) -> object:
+    """`text` as a value of a config field's type (bool, int, float, str or an Enum); a clear error otherwise."""
+    if kind is bool:
+        if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ValueError(f"--{name} takes true or false, got {text!r}")
+        return text.lower() in ("1", "true", "yes")
+    if issubclass(kind, enum.Enum):
+        choices = [member.value for member in kind]
+        if text not in choices:
+            raise ValueError(f"--{name} takes one of {', '.join(map(str, choices))}, got {text!r}")
+        return kind(text)
+    try:
+        return kind(text)
+    except ValueError:
+        what = {int: "an integer", float: "a number"}.get(kind, f"a {kind.__name__}")
+        raise ValueError(f"--{name} takes {what}, got {text!r}") from None
 
 
 def _demo(overrides: Sequence[str], out: Path, fresh: bool, progress: bool) -> int:
@@ -62,11 +77,13 @@ def _demo(overrides: Sequence[str], out: Path, fresh: bool, progress: bool) -> i
 def _experiment(name: Optional[str], overrides: Sequence[str], out: Optional[Path], progress: bool, list_them: bool) -> int:
     from longshort.experiments import EXPERIMENTS, format_report, run_experiment
 
-    if list_them or name is None:
+    if list_them:
         width = max(len(known) for known in EXPERIMENTS)
         for known, experiment in EXPERIMENTS.items():
             print(f"{known:<{width}}  {experiment.summary}")
-        return 0 if list_them else 2
+        return 0
+    if name is None:
+        raise ValueError(f"name an experiment: {', '.join(EXPERIMENTS)} (see --list)")
     if name not in EXPERIMENTS:
         raise ValueError(f"no experiment {name!r}; there are: {', '.join(EXPERIMENTS)} (see --list)")
     experiment = EXPERIMENTS[name]

@@ -13,13 +13,10 @@ def _register(experiment: Experiment) -> None:
     EXPERIMENTS[experiment.name] = experiment
 
 
-# Each experiment module registers itself here, one line each:
-from longshort.experiments import forget_bias, gates, hochreiter1997  # noqa: E402
-_register(forget_bias.EXPERIMENT)
-_register(hochreiter1997.EXPERIMENT)
-_register(gates.EXPERIMENT)
-from longshort.experiments import exploding, memory  # noqa: E402
-_register(exploding.EXPERIMENT)
-_register(memory.EXPERIMENT)
+# Each experiment module defines EXPERIMENT; they are listed in the order of the README:
+from longshort.experiments import exploding, forget_bias, gates, hochreiter1997, memory  # noqa: E402
+
+for _module in (exploding, memory, forget_bias, hochreiter1997, gates):
+    _register(_module.EXPERIMENT)
 
 __all__ = ["EXPERIMENTS", "Experiment", "Report", "format_report", "run_experiment"]

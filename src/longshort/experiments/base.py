@@ -1,6 +1,7 @@
 """What every experiment shares: its description, its report, and how the report is written.
 
-An experiment is a config dataclass (every number its result depends on, a fixed seed),
+An experiment is a config dataclass (every number its result depends on, a fixed seed, and
+`threads`: `run_experiment` runs it inside `tasks.long_lag_cpu(config.threads)`),
 a `run(config, out, progress)` that trains, draws its PNGs into `out` and returns a
 `Report`, and a tiny configuration the test suite runs in seconds.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from longshort.experiments.tasks import long_lag_cpu
 
 
 @dataclass
@@ -109,7 +112,8 @@ def run_experiment(experiment: Experiment, config: Any, out: Path, progress: boo
     """Run `experiment` with `config`, write its JSON into `out`; return the report and the JSON's path."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    report = experiment.run(config, out, progress)
+    with long_lag_cpu(config.threads):
+        report = experiment.run(config, out, progress)
     return report, write_results(experiment.name, config, report, time.perf_counter() - start, out)
 
 

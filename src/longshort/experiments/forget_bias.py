@@ -6,7 +6,8 @@ further with chrono initialisation: b_f ~ log(U(1, T_max - 1)), b_i = -b_f, so t
 the start each unit forgets on its own time scale of up to T_max steps. This experiment
 trains the same LSTM from the same weights with the three forget-gate biases on the
 adding problem (`tasks.adding_problem`) at several lengths T, over several seeds, and
-counts the steps until the test MSE falls below a threshold.
+counts the steps until the test MSE falls below a threshold; a run stops there (solved)
+or at the step budget, and its final test MSE is the last one measured.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from longshort.cells import LSTMCell
 from longshort.experiments.base import Experiment, Report, pyplot, save_figure
-from longshort.experiments.tasks import ADDING_BASELINE_MSE, adding_problem, long_lag_cpu
+from longshort.experiments.tasks import ADDING_BASELINE_MSE, adding_problem
 from longshort.layers import LSTM
 from longshort.training import Clip, train_step
 from longshort.wrappers import Dense, Sequential
@@ -73,12 +74,12 @@ def lstm_with_forget_init(
 class ForgetBiasConfig:
     """Everything the result depends on."""
 
-    lags: str = "50,100,200"  # adding-problem lengths T to sweep, comma-separated
+    lags: str = "25,50,100"  # adding-problem lengths T to sweep, comma-separated (a run costs about T x its steps)
     seeds: int = 3  # runs per (initialisation, T): seeds seed, seed + 1, ... (weights and training batches)
     seed: int = 0  # the first seed
     units: int = 32  # H of the LSTM
-    steps: int = 1500  # Adam steps per run (every run trains this long)
-    batch_size: int = 64  # sequences per step
+    steps: int = 1500  # most Adam steps per run; a run stops once its test MSE is below the threshold
+    batch_size: int = 32  # sequences per step
     learning_rate: float = 1e-2  # Adam
     clip_norm: float = 1.0  # global gradient-norm clipping
     threshold: float = 0.01  # a run has solved T once its test MSE is below this (always answering 1 scores 1/6)
@@ -110,7 +111,7 @@ class ForgetBiasConfig:
 class RunResult:
     """One initialisation, one T, one seed."""
 
-    test_mse: list[float]  # at steps eval_every, 2 * eval_every, ...
+    test_mse: list[float]  # at steps eval_every, 2 * eval_every, ... until solved or the budget
     steps_to_threshold: Optional[int]  # first evaluated step with test MSE < threshold; None if never
 
     @property
@@ -134,18 +135,19 @@ def train_run(init: ForgetInit, lag: int, seed: int, test: tuple[Tensor, Tensor]
         if step % config.eval_every == 0:
             with torch.no_grad():
                 test_mse.append(float(torch.nn.functional.mse_loss(model(test_inputs), test_targets)))
-            if reached is None and test_mse[-1] < config.threshold:
-                reached = step
             bar.set_postfix(T=lag, init=init.value, loss=f"{loss:.4f}", test=f"{test_mse[-1]:.4f}")
+            if test_mse[-1] < config.threshold:
+                bar.update(config.steps - step + 1)
+                return RunResult(test_mse, step)
         bar.update(1)
-    return RunResult(test_mse, reached)
+    return RunResult(test_mse, None)
 
 
 def run(config: ForgetBiasConfig, out: Path, progress: bool = True) -> Report:
     lags, seeds = config.lag_list(), range(config.seed, config.seed + config.seeds)
     runs: dict[ForgetInit, dict[int, list[RunResult]]] = {init: {lag: [] for lag in lags} for init in ForgetInit}
     total = len(ForgetInit) * len(lags) * config.seeds * config.steps
-    with long_lag_cpu(config.threads), tqdm(total=total, desc="forget bias", unit="step", disable=not progress) as bar:
+    with tqdm(total=total, desc="forget bias", unit="step", disable=not progress) as bar:
         for lag in lags:
             test = adding_problem(config.test_size, lag, torch.Generator().manual_seed(config.test_seed))
             for init in ForgetInit:
@@ -219,50 +221,69 @@ def _notes(runs: dict[ForgetInit, dict[int, list[RunResult]]], summary: dict, co
         + ", ".join(f"{init.label} {median_text(init)}" for init in ForgetInit)
         + ".",
     ]
-    zero, one = summary["seeds_solved"]["zero"][longest], summary["seeds_solved"]["one"][longest]
-    if one > zero:
-        notes.append(
-            f"As Jozefowicz et al. (2015) report, forget bias 1 beats 0: at T={longest} it solved {one}/{config.seeds} "
-            f"seeds against {zero}/{config.seeds}. With bias 0 the forget gate starts at 0.5, so the error signal "
-            "from the end of the sequence halves at every step back and is gone long before the first marker."
-        )
-    else:
-        notes.append(
-            f"Unlike Jozefowicz et al. (2015), forget bias 1 did not beat 0 here at T={longest} "
-            f"({one}/{config.seeds} against {zero}/{config.seeds} seeds solved): with Adam at these lags the difference is small."
-        )
+    notes.append(_bias_note(summary, config))
     notes.append(
-        "Chrono initialisation, which starts some units with memories as long as the sequence, is the fastest at every "
-        "T where the three differ; bias 1 still has to learn to hold the cell for T steps."
-        if all((medians["chrono"][lag] or math.inf) <= (medians["one"][lag] or math.inf) for lag in config.lag_list())
+        "Chrono initialisation, which starts some units with memories as long as the sequence, was the fastest (median "
+        "steps) at every T."
+        if all(
+            (medians["chrono"][lag] or math.inf) <= min(medians["one"][lag] or math.inf, medians["zero"][lag] or math.inf)
+            for lag in config.lag_list()
+        )
         else "Chrono initialisation was not the fastest at every T: see the table."
     )
     notes.append(
-        "Every run trains the full budget; the same seed gives every initialisation the same weights and batches, "
-        "so the rows differ only in the gate biases. Steps to threshold are multiples of "
-        f"{config.eval_every} (the evaluation interval); 'solved' counts seeds that got there within {config.steps} steps."
+        "A run stops once solved, so the final MSE of a solved run is its first below the threshold; the same seed "
+        "gives every initialisation the same weights and batches, so the rows differ only in the gate biases. Steps to "
+        f"threshold are multiples of {config.eval_every} (the evaluation interval); 'solved' counts seeds that got there "
+        f"within {config.steps} steps."
     )
     return notes
 
 
+def _bias_note(summary: dict, config: ForgetBiasConfig) -> str:
+    """Forget bias 1 against 0, T by T, and what that says about Jozefowicz et al.'s finding."""
+    solved, medians = summary["seeds_solved"], summary["median_steps_to_threshold"]
+
+    def steps(init: str, lag: int) -> str:
+        value = medians[init][lag]
+        return f"{solved[init][lag]}/{config.seeds}" + (f" in {value:.0f} steps" if value is not None else "")
+
+    lags = config.lag_list()
+    per_lag = "; ".join(f"T={lag}: bias 1 {steps('one', lag)}, bias 0 {steps('zero', lag)}" for lag in lags)
+    more = sum(solved["one"][lag] for lag in lags) - sum(solved["zero"][lag] for lag in lags)
+    faster = sum((medians["one"][lag] or math.inf) < (medians["zero"][lag] or math.inf) for lag in lags)
+    slower = sum((medians["one"][lag] or math.inf) > (medians["zero"][lag] or math.inf) for lag in lags)
+    if more > 0 or (more == 0 and faster > slower):
+        verdict = ("Forget bias 1 did better than 0, in line with Jozefowicz et al. (2015): with bias 0 the forget gate "
+                   "starts at 0.5, and the error from the end of the sequence halves at every step back.")
+    elif more == 0 and faster == slower:
+        verdict = "No clear difference between forget bias 1 and 0 here, unlike Jozefowicz et al. (2015)."
+    else:
+        verdict = "Forget bias 0 did better than 1 here, unlike Jozefowicz et al. (2015)."
+    return (
+        f"Seeds solved (median steps) per T: {per_lag}. {verdict} Adam rescales each parameter's gradient, which "
+        "offsets part of a vanishing signal; Jozefowicz et al. compared architectures over many tasks and tuned "
+        "hyperparameters, so this single task is a spot check of their finding, not a replication."
+    )
+
+
 def _plot(runs: dict[ForgetInit, dict[int, list[RunResult]]], config: ForgetBiasConfig, path: Path) -> Path:
-    """Left: learning curves at the largest T (median over seeds, band min..max). Right: steps to threshold vs T."""
+    """Left: test MSE curves at the largest T, one line per seed. Right: steps to threshold vs T."""
     plt = pyplot()
     lags = config.lag_list()
     longest = lags[-1]
     colours = {ForgetInit.ZERO: "tab:red", ForgetInit.ONE: "tab:blue", ForgetInit.CHRONO: "tab:green"}
     figure, (curves, sweep) = plt.subplots(1, 2, figsize=(12, 4.5))
-    steps = [config.eval_every * (k + 1) for k in range(config.steps // config.eval_every)]
     for init in ForgetInit:
-        mse = torch.tensor([r.test_mse for r in runs[init][longest]])  # (seeds, evaluations)
-        curves.plot(steps, mse.median(dim=0).values, color=colours[init], label=init.label)
-        curves.fill_between(steps, mse.min(dim=0).values, mse.max(dim=0).values, color=colours[init], alpha=0.2)
+        for number, result in enumerate(runs[init][longest]):
+            steps = [config.eval_every * (k + 1) for k in range(len(result.test_mse))]  # until solved or the budget
+            curves.plot(steps, result.test_mse, color=colours[init], linewidth=1, alpha=0.8, label=init.label if number == 0 else None)
     curves.axhline(ADDING_BASELINE_MSE, color="0.5", linestyle="--", linewidth=1, label="always answer 1 (1/6)")
     curves.axhline(config.threshold, color="k", linestyle=":", linewidth=1, label=f"threshold {config.threshold:g}")
     curves.set_yscale("log")
     curves.set_xlabel("training step")
     curves.set_ylabel("test MSE")
-    curves.set_title(f"Adding problem, T={longest}: median of {config.seeds} seeds, band = min..max")
+    curves.set_title(f"Adding problem, T={longest}: {config.seeds} seeds each (a run stops once solved)", fontsize=10)
     curves.legend(fontsize=8)
     for offset, init in zip((-0.03, 0.0, 0.03), ForgetInit):
         sweep.plot([], [], color=colours[init], marker="o", label=init.label)  # the legend entry, even if no seed got there
@@ -287,13 +308,13 @@ def _plot(runs: dict[ForgetInit, dict[int, list[RunResult]]], config: ForgetBias
     sweep.set_ylim(0, config.steps * 1.2)
     sweep.set_xlabel("T (sequence length)")
     sweep.set_ylabel(f"steps to test MSE < {config.threshold:g}")
-    sweep.set_title("Median [min, max] over seeds; x = seeds that never got there")
+    sweep.set_title("Median [min, max] over seeds; x = seeds that never got there", fontsize=10)
     sweep.legend(fontsize=8, loc="upper left")
     return save_figure(figure, path)
 
 
 EXPERIMENT = Experiment(
-    name="forget_bias",
+    name="forget-bias",
     summary="forget-gate bias 0 vs 1 vs chrono init on the adding problem over a sweep of lags (Jozefowicz et al. 2015)",
     config_class=ForgetBiasConfig,
     run=run,

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from longshort.cells import LSTMCell, LSTMState
 from longshort.experiments.base import Experiment, Report, pyplot, save_figure
 from longshort.experiments.forget_bias import ForgetInit, lstm_with_forget_init
-from longshort.experiments.tasks import ADDING_BASELINE_MSE, adding_problem, long_lag_cpu
+from longshort.experiments.tasks import ADDING_BASELINE_MSE, adding_problem
 from longshort.rnn import RNN
 from longshort.training import Clip, train_step
 from longshort.wrappers import Dense, Sequential
@@ -106,7 +106,7 @@ def train_model(config: GatesConfig, progress: bool) -> tuple[Sequential, list[f
     for _ in bar:
         inputs, targets = adding_problem(config.batch_size, config.length, batches)
         losses.append(train_step(model, lambda: nn.functional.mse_loss(model(inputs), targets), optimizer, clip))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
     return model, losses
 
 
@@ -126,12 +126,11 @@ def gate_means(trace: dict[str, Tensor], markers: Tensor) -> dict[str, dict[str,
 
 
 def run(config: GatesConfig, out: Path, progress: bool = True) -> Report:
-    with long_lag_cpu(config.threads):
-        model, losses = train_model(config, progress)
-        inputs, targets = adding_problem(config.test_size, config.length, torch.Generator().manual_seed(config.test_seed))
-        with torch.no_grad():
-            predictions = model(inputs)  # (N, 1)
-        trace = trace_gates(model[0], inputs)  # each (N, T, H)
+    model, losses = train_model(config, progress)
+    inputs, targets = adding_problem(config.test_size, config.length, torch.Generator().manual_seed(config.test_seed))
+    with torch.no_grad():
+        predictions = model(inputs)  # (N, 1)
+    trace = trace_gates(model[0], inputs)  # each (N, T, H)
     test_mse = float(nn.functional.mse_loss(predictions, targets))
     markers = inputs[..., 1]  # (N, T)
     means = gate_means(trace, markers)
@@ -180,9 +179,9 @@ def _notes(summary: dict, trace: dict[str, Tensor], markers: Tensor, config: Gat
         f"Input gate: {summary['input_gate_marked']:.2f} at the marked steps against {summary['input_gate_other']:.2f} "
         f"elsewhere (mean over units). The most selective unit, {unit}, opens to {float(per_unit_i_marked[unit]):.2f} at the "
         f"markers and stays at {float(per_unit_i_other[unit]):.2f} elsewhere: it writes the marked values and little else.",
-        f"Forget gate: {summary['forget_gate_other']:.2f} on average away from the markers; a cell that keeps a value for "
-        f"{config.length // 2} steps needs f close to 1 in the units that hold it (see the heat map: the holding units are "
-        "the bright rows of f).",
+        f"Forget gate: {summary['forget_gate_other']:.2f} on average away from the markers, {summary['forget_gate_marked']:.2f} "
+        f"at them; a cell that keeps a value for {config.length // 2} steps needs f close to 1 in the units that hold it "
+        "(the bright rows of f in the heat map), and a unit whose f dips at a marker clears its cell as it writes.",
         f"Output gate at the last step {summary['output_gate_last']:.2f}, elsewhere {summary['output_gate_other']:.2f}: only "
         "the last output is trained (the loss reads h_T), so o is free to do anything before.",
         "trace_gates replays LSTMCell's equations with the trained weights; the test suite checks that its h equals the "
@@ -216,12 +215,16 @@ def _plot(example: dict[str, Tensor], inputs: Tensor, target: float, prediction:
     cell.set_title("cell state c of every unit", loc="left", fontsize=10)
     cell.legend(fontsize=7, ncol=min(8, example["c"].shape[1]), loc="upper left")
     cell.set_xlabel("time step")
-    for axis in axes:
+    for axis in (values, cell):
         for step in marked:
             axis.axvline(step, color="tab:red", linestyle="--", linewidth=1)
+    for axis in axes[1:5]:  # on the heat maps a line would hide the very column it points at: a triangle above it
+        limits = axis.get_ylim()
+        axis.plot(marked, [limits[1] - 0.4] * len(marked), "v", color="tab:red", markersize=6, clip_on=False)
+        axis.set_ylim(limits)
     for axis in (values, cell):  # an invisible colour bar keeps these panels as wide as the heat maps
         figure.colorbar(image, ax=axis, pad=0.01, fraction=0.03).ax.set_visible(False)
-    figure.suptitle(f"LSTM({config.units}) on the adding problem, T={config.length}: red dashed lines = marked steps")
+    figure.suptitle(f"LSTM({config.units}) on the adding problem, T={config.length}: red lines and triangles = marked steps")
     return save_figure(figure, path)
 
 

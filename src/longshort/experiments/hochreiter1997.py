@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 from longshort.experiments.base import Experiment, Report, pyplot, save_figure
 from longshort.experiments.forget_bias import ForgetInit, lstm_with_forget_init
 from longshort.experiments.reber import SYMBOLS, ReberBatch, correct_steps, embedded_reber_sets, encode
-from longshort.experiments.tasks import long_lag_cpu
 from longshort.layers import LSTM
 from longshort.training import Clip, train_step
 from longshort.wrappers import Dense, Sequential
@@ -162,7 +161,9 @@ def train_until_solved(
     clip_norm: float,
     bar: tqdm,
 ) -> Trial:
-    """Adam steps on `loss_fn()` until `check()` says solved (checked every `eval_every` steps) or `max_steps`."""
+    """Adam steps on `loss_fn()` until `check()` says solved (checked every `eval_every` steps) or `max_steps`.
+
+    Moves `bar` by `max_steps` in all, whenever the trial ends."""
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     clip = Clip(max_norm=clip_norm)
     error_rates = []
@@ -174,7 +175,9 @@ def train_until_solved(
             error_rates.append(error_rate)
             bar.set_postfix(loss=f"{loss:.4f}", wrong=f"{error_rate:.2%}")
             if solved:
+                bar.update(max_steps - step + 1)
                 return Trial(step * batch_size, error_rates)
+        bar.update(1)
     return Trial(None, error_rates)
 
 
@@ -239,18 +242,16 @@ def run(config: Hochreiter1997Config, out: Path, progress: bool = True) -> Repor
         ForgetInit.CHRONO: range(config.seed, config.seed + config.adding_seeds),
         ForgetInit.ONE: range(config.seed, config.seed + config.adding_bias_one_seeds),
     }
-    total = config.reber_seeds + config.adding_seeds + config.adding_bias_one_seeds
+    total = config.reber_seeds * config.reber_max_steps + (config.adding_seeds + config.adding_bias_one_seeds) * config.adding_max_steps
     test = paper_adding_problem(config.adding_test_size, config.adding_length, torch.Generator().manual_seed(config.test_seed))
-    with long_lag_cpu(config.threads), tqdm(total=total, desc="Hochreiter & Schmidhuber 1997", unit="trial", disable=not progress) as bar:
+    with tqdm(total=total, desc="Hochreiter & Schmidhuber 1997", unit="step", disable=not progress) as bar:
         reber = []
         for seed in reber_seeds:
             reber.append(reber_trial(seed, config, bar))
-            bar.update(1)
         adding: dict[ForgetInit, list[Trial]] = {init: [] for init in adding_seeds}
         for init, seeds in adding_seeds.items():
             for seed in seeds:
                 adding[init].append(adding_trial(seed, init, test, config, bar))
-                bar.update(1)
 
     paper_adding = PAPER_ADDING_SEQUENCES.get(config.adding_length)
     paper_adding_text = f"100% of trials; {paper_adding:,} sequences (Table 7)" if paper_adding else "no figure for this T (Table 7 has T = 100, 500, 1000)"
@@ -321,14 +322,18 @@ def _notes(summary: dict, config: Hochreiter1997Config) -> list[str]:
         "wrong in 2000 held-out sequences is about as strict.",
         "Deviation on purpose: Adam on minibatches with full backpropagation through time, where the paper used online "
         "gradient descent with its truncated gradient. Fewer sequences than the paper is therefore no claim about the 1997 "
-        "algorithm; what replicates is that the tasks are learned to the paper's criteria, in every or nearly every trial.",
+        f"algorithm; what is compared is the share of trials that learn the task to the paper's criteria: here "
+        f"{reber['solved'] / reber['trials']:.0%} (Reber; paper 97-100%) and {chrono['solved'] / chrono['trials']:.0%} "
+        "(adding; paper 100%).",
     ]
     if one["trials"]:
+        lag = config.adding_length // 2
         notes.append(
             f"With the forget gate started at bias 1 (f = 0.73) instead of chrono, {one['solved']}/{one['trials']} trials met the "
-            f"criterion within {config.adding_max_steps * config.adding_batch_size:,} sequences: both marked values lie at least "
-            "T/2 steps back, and 0.73^50 ~ 1e-7 of the error reaches them. The 1997 cell had no forget gate (f = 1, the "
-            "constant error carousel), which chrono initialisation approximates at the start of training."
+            f"criterion within {config.adding_max_steps * config.adding_batch_size:,} sequences. In this form of the task both "
+            f"marked values lie at least T/2 = {lag} steps back, and at f = 0.73 a factor 0.73^{lag} ~ {0.73 ** lag:.0e} of "
+            "the error reaches them. The 1997 cell had no forget gate (f = 1, the constant error carousel), which chrono "
+            "initialisation approximates at the start of training."
         )
     return notes
 
@@ -344,7 +349,7 @@ def _plot(reber: list[Trial], adding: dict[ForgetInit, list[Trial]], config: Hoc
                   label="one trial (seed)" if number == 0 else None)
     left.axvspan(8_440, 40_000, color="0.85", label="paper, Table 1: mean strings to success (approx.)")
     left.set_title(f"Embedded Reber: {len(_successes(reber))}/{len(reber)} trials solved")
-    left.set_ylabel("share of training + test strings with a wrong step")
+    left.set_ylabel("share of training + test strings\nwith a wrong step (0 drawn at 1e-4)")
     adding_every = config.adding_eval_every * config.adding_batch_size
     colours = {ForgetInit.CHRONO: "tab:green", ForgetInit.ONE: "tab:blue"}
     for init, trials in adding.items():
@@ -358,7 +363,7 @@ def _plot(reber: list[Trial], adding: dict[ForgetInit, list[Trial]], config: Hoc
     if paper:
         right.axvline(paper, color="0.4", linestyle="--", linewidth=1, label=f"paper, Table 7: {paper:,}")
     right.set_title(f"Adding problem (paper's form), T={config.adding_length}")
-    right.set_ylabel(f"share of test sequences with |error| >= {PAPER_CORRECT_ERROR}")
+    right.set_ylabel(f"share of test sequences with\n|error| >= {PAPER_CORRECT_ERROR} (0 drawn at 1e-4)")
     for axes in (left, right):
         axes.set_yscale("log")
         axes.set_xlabel("sequences seen (steps x batch)")

@@ -21,7 +21,7 @@ problem (at T=100, test MSE < 0.01).
 
 from __future__ import annotations
 
-import math
+import statistics
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -48,6 +48,9 @@ class Architecture(Enum):
 
 
 LAYERS = {Architecture.SIMPLE_RNN: SimpleRNN, Architecture.GRU: GRU, Architecture.LSTM: LSTM}
+# Which code runs each layer: the same math either way, the fastest on one CPU thread at these sizes
+# (B=32, T=100: torch's GRU and RNN kernels take 2.1x and 1.4x the time of longshort's fused ones).
+IMPLEMENTATIONS = {Architecture.SIMPLE_RNN: "fused", Architecture.GRU: "fused", Architecture.LSTM: "vendor"}
 
 
 @dataclass
@@ -58,12 +61,12 @@ class MemoryConfig:
     rnn_units: int = 65  # SimpleRNN (tanh) size; the three sizes give ~4.5k parameters each on the adding problem
     gru_units: int = 37  # GRU size
     lstm_units: int = 32  # LSTM size (forget-gate bias starts at 1)
-    batch_size: int = 64  # sequences per Adam step
+    batch_size: int = 32  # sequences per Adam step
     learning_rate: float = 0.01  # Adam
     clip_norm: float = 1.0  # global gradient-norm clipping
-    adding_steps: int = 2000  # most Adam steps per adding run
-    copy_steps: int = 1000  # most Adam steps per copy run
-    stop_fraction: float = 0.01  # stop early once the training loss is below this fraction of the baseline
+    adding_steps: int = 1500  # most Adam steps per adding run
+    copy_steps: int = 300  # most Adam steps per copy run
+    stop_fraction: float = 0.02  # stop early once the training loss is below this fraction of the baseline
     stop_window: int = 50  # ... averaged over this many steps
     copy_length: int = 10  # symbols to remember in the copy task (Arjovsky et al.: 10)
     copy_symbols: int = 8  # alphabet of the copy task (Arjovsky et al.: 8)
@@ -74,11 +77,12 @@ class MemoryConfig:
     seeds: int = 2  # adding runs per model and T: seeds seed, seed + 1, ...
     copy_seeds: int = 1  # copy runs per model and T
     seed: int = 0
+    threads: int = 1  # torch CPU threads (see tasks.long_lag_cpu)
 
     def __post_init__(self) -> None:
         self.length_list()  # raises on a malformed list
         for name in ("rnn_units", "gru_units", "lstm_units", "batch_size", "adding_steps", "copy_steps", "stop_window",
-                     "copy_length", "copy_symbols", "test_size", "seeds", "copy_seeds"):
+                     "copy_length", "copy_symbols", "test_size", "seeds", "copy_seeds", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("learning_rate", "clip_norm", "solved_mse", "baseline_fraction"):
@@ -154,7 +158,9 @@ def copy_memory_task(config: MemoryConfig) -> Task:
 
 def build_model(architecture: Architecture, units: int, task: Task) -> Sequential:
     """The recurrent layer and its head: `Dense` on the last output, or `TimeDistributed(Dense)` on all."""
-    layer = LAYERS[architecture](units, input_size=task.input_size, return_sequences=task.sequence_output)
+    layer = LAYERS[architecture](
+        units, input_size=task.input_size, return_sequences=task.sequence_output, implementation=IMPLEMENTATIONS[architecture]
+    )
     head = Dense(task.output_size, input_size=units)
     return Sequential(layer, TimeDistributed(head) if task.sequence_output else head)
 
@@ -212,7 +218,7 @@ def train_run(task: Task, architecture: Architecture, length: int, seed: int, st
         inputs, targets = task.batch(config.batch_size, length, batches)
         loss = train_step(model, lambda: task.loss(model(inputs), targets), optimizer, clip, history)
         bar.update()
-        bar.set_postfix_str(f"{task.name} T={length} {architecture.value} seed {seed}: loss {loss:.4f}")
+        bar.set_postfix_str(f"{task.name} T={length} {architecture.value} seed {seed}: loss {loss:.4f}", refresh=False)
         recent = history.losses[-config.stop_window:]
         if len(recent) == config.stop_window and sum(recent) / len(recent) < stop_below:
             bar.update(steps - step - 1)
@@ -255,7 +261,7 @@ def run(config: MemoryConfig, out: Path, progress: bool = True) -> Report:
         }
         for task, _, _ in plan
     }
-    figures = [_plot_against_length(cells, plan, out / "memory-vs-length.png"), _plot_learning_curves(cells, plan, lengths, out / "memory-learning-curves.png")]
+    figures = [_plot_against_length(cells, plan, config, out / "memory-vs-length.png"), _plot_learning_curves(cells, plan, lengths, out / "memory-learning-curves.png")]
     return Report(
         title=(
             f"Memory over T: SimpleRNN(tanh) vs GRU vs LSTM, Adam lr {config.learning_rate:g}, batch {config.batch_size}, "
@@ -264,7 +270,7 @@ def run(config: MemoryConfig, out: Path, progress: bool = True) -> Report:
         ),
         columns=[
             "task", "model", "units", "params", "T", "test loss (mean)", "test loss (worst seed)", "baseline loss",
-            "accuracy", "steps", "verdict",
+            f"share right (adding: |error| < {ADDING_TOLERANCE}; copy: symbols recalled)", "steps (mean)", "verdict",
         ],
         rows=rows,
         summary=summary,
@@ -306,32 +312,59 @@ def _notes(summary: dict, config: MemoryConfig) -> list[str]:
                 f"{name} solves up to T={solved if solved is not None else '(none)'}"
                 + (f", at the baseline from T={fallen}" if fallen is not None else ", never at the baseline")
             )
-        notes.append(f"{task}: " + "; ".join(parts) + ".")
+        budget = config.adding_steps if task == "adding" else config.copy_steps
+        notes.append(f"{task} (within {budget} steps): " + "; ".join(parts) + ".")
+    adding = summary["adding"]
+    shares = "; ".join(
+        f"{name}: " + ", ".join(f"T={T} {statistics.mean(values):.2f}" for T, values in model["accuracy"].items())
+        for name, model in adding.items()
+    )
+    notes.append(
+        f"Share of adding test sequences with |error| < {ADDING_TOLERANCE} (the 1997 paper's criterion for a right "
+        f"answer), mean over seeds: {shares}. Runs stop once their training MSE is below {config.stop_fraction:g} x the "
+        "baseline, so a solved run has MSE well under 0.01 yet still misses this tighter mark on many sequences; "
+        "`hochreiter1997` trains to the paper's own criterion."
+    )
+    copy = summary["copy"]
+    best = min(copy, key=lambda name: min(statistics.mean(v) / copy[name]["baseline"][T] for T, v in copy[name]["test_loss"].items()))
+    ratio = min(statistics.mean(v) / copy[best]["baseline"][T] for T, v in copy[best]["test_loss"].items())
+    notes.append(
+        f"Copy task: within {config.copy_steps} steps the best test loss relative to the memoryless baseline is {ratio:.2f} "
+        f"({best}). All three first learn the memoryless strategy (blanks, then a uniform guess), which is where "
+        "Arjovsky et al. (2016) show LSTMs and simple RNNs stuck on this task for long training too; this budget shows "
+        "that plateau, not what a much longer run would reach."
+    )
     notes.append(
         f"'solved': every seed's test MSE < {config.solved_mse:g} (adding) or recalled-symbol accuracy >= "
         f"{config.solved_accuracy:g} (copy); 'baseline': every seed's test loss above {config.baseline_fraction:g} x the "
-        "memoryless baseline; 'partly' in between."
+        "memoryless baseline; 'partly' in between. Both are within the step budget: a model 'at the baseline' at T=200 "
+        "may still leave it with more steps (LSTM and GRU leave the plateau suddenly, after hundreds to thousands of steps)."
     )
     return notes
 
 
-def _plot_against_length(cells: list[ModelAtLength], plan: list, path: Path) -> Path:
-    """Test loss against T per model (every seed a dot, the mean a line), log y, with the baseline."""
+def _plot_against_length(cells: list[ModelAtLength], plan: list, config: MemoryConfig, path: Path) -> Path:
+    """Test loss / the memoryless baseline against T per model (every seed a dot, the mean a line), log y."""
     plt = pyplot()
     figure, panels = plt.subplots(1, len(plan), figsize=(11, 4.2))
     for axes, (task, _, _) in zip(panels, plan):
         for architecture in Architecture:
             mine = [cell for cell in cells if cell.task is task and cell.architecture is architecture]
             lengths = [cell.length for cell in mine]
-            line = axes.plot(lengths, [cell.mean("test_loss") for cell in mine], marker="o", label=f"{architecture.value} ({mine[0].parameters} params)")
+            relative = [cell.mean("test_loss") / cell.baseline for cell in mine]
+            line = axes.plot(lengths, relative, marker="o", label=f"{architecture.value} ({mine[0].parameters} params)")
             for cell in mine:
-                axes.plot([cell.length] * len(cell.runs), [run.test_loss for run in cell.runs], ".", color=line[0].get_color(), alpha=0.5)
-        baseline_cells = [cell for cell in cells if cell.task is task and cell.architecture is Architecture.LSTM]
-        axes.plot([cell.length for cell in baseline_cells], [cell.baseline for cell in baseline_cells], "k:", label="memoryless baseline")
+                seeds = [run.test_loss / cell.baseline for run in cell.runs]
+                axes.plot([cell.length] * len(seeds), seeds, ".", color=line[0].get_color(), alpha=0.5)
+        axes.axhline(1.0, color="k", linestyle=":", label="memoryless baseline")
+        if task.name == "adding":
+            axes.axhline(config.solved_mse / ADDING_BASELINE_MSE, color="0.5", linestyle="--", linewidth=1,
+                         label=f"solved: MSE < {config.solved_mse:g}")
         axes.set_yscale("log")
+        axes.set_xticks(lengths)
         axes.set_xlabel("T (adding: sequence length; copy: lag)")
-        axes.set_ylabel("test MSE" if task.name == "adding" else "test cross-entropy per step")
-        axes.set_title(f"{task.name}: test loss vs T")
+        axes.set_ylabel(("test MSE" if task.name == "adding" else "test cross-entropy per step") + " / baseline's")
+        axes.set_title(f"{task.name}: test loss relative to the memoryless baseline", fontsize=10)
         axes.legend(fontsize=8)
     return save_figure(figure, path)
 
