@@ -179,6 +179,7 @@ def test_list(capsys):
         (["gates", "units=4"], "longshort experiment: expected --field=value, got 'units=4'"),
         (["memory", "--lengths=50,x"], "longshort experiment: lengths must be comma-separated integers"),
         (["exploding", "--small_learning_rate=0.01"], "longshort experiment: learning_rate, small_learning_rate and"),
+        (["forget-bias", "--steps=10"], "longshort experiment: eval_every (50) must not exceed steps (10)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):

@@ -98,6 +98,8 @@ class ForgetBiasConfig:
         for name in ("learning_rate", "clip_norm", "threshold"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.eval_every > self.steps:
+            raise ValueError(f"eval_every ({self.eval_every}) must not exceed steps ({self.steps}): a run needs one evaluation")
 
     def lag_list(self) -> list[int]:
         try:
