@@ -161,6 +161,21 @@ def test_gradcheck(name, masked, dropped):
 @ALL_KERNELS
 @MASKS
 @DROPOUT
+def test_a_batch_of_one_matches_the_autograd_loop(name, masked, dropped):
+    """B = 1, where the kernels' step matmuls are matrix-vector products (SimpleRNN skips the W_hh^T copy)."""
+    kernel = KERNELS[name]
+    inputs = [(x.detach()[:1] if i <= kernel.states else x.detach()).requires_grad_() for i, x in enumerate(make_inputs(kernel, seed=6))]
+    mask, r_mask = make_masks(masked, dropped)
+    mask, r_mask = (None if mask is None else mask[:1]), (None if r_mask is None else r_mask[:1])
+    fused, reference = run(name, "fused", inputs, mask, r_mask), run(name, "reference", inputs, mask, r_mask)
+    assert_close_all(fused, reference, 1e-12)
+    upstream = [torch.randn_like(o) for o in reference]
+    assert_close_all(grads(fused, inputs, upstream), grads(reference, inputs, upstream), 1e-12)
+
+
+@ALL_KERNELS
+@MASKS
+@DROPOUT
 def test_float32_matches_the_autograd_loop(name, masked, dropped):
     inputs = make_inputs(KERNELS[name], dtype=torch.float32, seed=3)
     mask, r_mask = make_masks(masked, dropped, dtype=torch.float32)

@@ -28,6 +28,14 @@ previous step (one addcmul more per step).
 
 Recurrent dropout. With the sequence's mask r, `a = p_t + (r h_prev) W_hh^T`, so
 `dh_prev = r (da W_hh)` and `dW_hh = sum_t da^T (r h_prev)`.
+
+Per-step overhead. At small B a step's ops are small and the Python around them counts: the
+per-step views of every buffer are made once before each loop (one `unbind` a buffer; a view
+costs about half a small op), and both loops run under `torch.inference_mode()` (they record
+nothing for autograd, and inference mode skips the dispatcher's autograd layer, about 1 us an
+op). With a batch, the forward's matmul takes W_hh^T as a row-major copy made once per call;
+at B = 1 (a matrix-vector product) the copy costs more than it saves. The buffers are
+time-major, so that a step's slice is contiguous.
 """
 
 from __future__ import annotations
@@ -51,20 +59,21 @@ class SimpleRNNRecurrence(torch.autograd.Function):
             raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
         act_ = _ACTIVATIONS[nonlinearity]
         B, T, H = p.shape
-        w_t = weight_hh.T.contiguous()  # (H, H)
+        w_t = weight_hh.T.contiguous() if B > 1 else weight_hh.T  # (H, H); see Per-step overhead above
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t; p_t until then
         h_all[0], h_all[1:] = h0, p.transpose(0, 1)
-        h_in = p.new_empty(B, H)
+        h_in = None if recurrent_mask is None else p.new_empty(B, H)
         masks = None if step_mask is None else step_mask.T.unsqueeze(-1)  # (T, B, 1) bool
-        hs = h_all.unbind(0)  # the per-step views, made once: cheaper than indexing in the loop
-        for t in range(T):
-            h_prev, h = hs[t], hs[t + 1]
-            if recurrent_mask is not None:
-                act_(h.addmm_(torch.mul(h_prev, recurrent_mask, out=h_in), w_t))
-            else:
-                act_(h.addmm_(h_prev, w_t))
-            if masks is not None:
-                torch.where(masks[t], h, h_prev, out=h)
+        with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
+            hs = h_all.unbind(0)  # the per-step views, made once: cheaper than indexing in the loop
+            ms = (None,) * T if masks is None else masks.unbind(0)
+            for h_prev, h, m in zip(hs, hs[1:], ms):
+                if recurrent_mask is not None:
+                    act_(h.addmm_(torch.mul(h_prev, recurrent_mask, out=h_in), w_t))
+                else:
+                    act_(h.addmm_(h_prev, w_t))
+                if m is not None:
+                    torch.where(m, h, h_prev, out=h)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks
@@ -92,17 +101,18 @@ class SimpleRNNRecurrence(torch.autograd.Function):
             dh_all[1:] = dy.transpose(0, 1) if masks is None else dy.transpose(0, 1) * masks
         if dh_T is not None:
             dh_all[T] += dh_T
-        da_w = h_all.new_empty(B, H)
-        das, dhs = da_all.unbind(0), dh_all.unbind(0)  # the per-step views, made once
-        for t in range(T - 1, -1, -1):
-            dh, dh_prev = dhs[t + 1], dhs[t]
-            da = das[t].mul_(dh)
-            if recurrent_mask is not None:
-                dh_prev.addcmul_(torch.mm(da, weight_hh, out=da_w), recurrent_mask)
-            else:
-                dh_prev.addmm_(da, weight_hh)
-            if masks is not None:
-                dh_prev.addcmul_(dh, passes[t])
+        da_w = None if recurrent_mask is None else h_all.new_empty(B, H)
+        with torch.inference_mode():
+            dhs = dh_all.unbind(0)  # the per-step views, made once, last step first
+            views = (da_all.unbind(0), dhs[1:], dhs[:-1], (None,) * T if masks is None else passes.unbind(0))
+            for da, dh, dh_prev, passes_t in zip(*(reversed(v) for v in views)):
+                da.mul_(dh)  # act' becomes da
+                if recurrent_mask is not None:
+                    dh_prev.addcmul_(torch.mm(da, weight_hh, out=da_w), recurrent_mask)
+                else:
+                    dh_prev.addmm_(da, weight_hh)
+                if passes_t is not None:
+                    dh_prev.addcmul_(dh, passes_t)
         h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask  # (T, B, H)
         dweight_hh = da_all.reshape(T * B, H).T @ h_in.reshape(T * B, H)  # (H, H)
         dp = da_all.transpose(0, 1)  # (B, T, H)
