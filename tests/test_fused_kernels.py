@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import gradcheck
 
+import longshort as ls
+
 from longshort.fused_gru import gru_recurrence
 from longshort.fused_lstm import lstm_recurrence
 from longshort.fused_simple_rnn import simple_rnn_recurrence
@@ -238,3 +240,20 @@ def test_double_backward_raises(name):
     (dp,) = torch.autograd.grad((y * scale).sum() + sum(state.sum() for state in final), inputs[:1], create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         dp.sum().backward()
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "SimpleRNN", "LSTM peephole", "LayerNormLSTM"])
+@pytest.mark.parametrize("masked", [False, True], ids=["no mask", "lengths"])
+def test_gradients_are_ordinary_tensors(kind, masked):
+    """The kernels' loops run under inference mode; no gradient may come out as an inference tensor
+    (an optimizer or clip_grad_norm_ updating it in place would then fail)."""
+    make = {"LSTM": lambda: ls.LSTM(4, 3), "GRU": lambda: ls.GRU(4, 3), "SimpleRNN": lambda: ls.SimpleRNN(4, 3),
+            "LSTM peephole": lambda: ls.LSTM(4, 3, peephole=True), "LayerNormLSTM": lambda: ls.LayerNormLSTM(4, 3)}
+    layer = ls.RNN(make[kind]().cell, return_state=True, implementation="fused")
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    initial = ls.rnn.map_state(lambda s: torch.randn_like(s).requires_grad_(), layer.cell.initial_state(2, x))
+    output, *state = layer(x, initial_state=initial, lengths=torch.tensor([5, 2]) if masked else None)
+    (output.sum() + sum(s.sum() for s in state)).backward()
+    grads = [x.grad, *(s.grad for s in ls.rnn.flatten_state(initial)), *(p.grad for p in layer.parameters())]
+    assert all(g is not None and not g.is_inference() for g in grads)
+    torch.nn.utils.clip_grad_norm_(layer.parameters(), 1e-3)  # scales the gradients in place

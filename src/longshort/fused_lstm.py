@@ -40,6 +40,12 @@ Masks. With m_t in {0, 1} per sequence, the carried state is `h_t = m h_new + (1
 
 Recurrent dropout. With the sequence's mask r, `z = p_t + (r h_prev) W_hh^T`, so
 `dh_prev = r (dz W_hh)` and `dW_hh = sum_t dz^T (r h_prev)`.
+
+Per-step overhead. At small B the Python and dispatcher work around a step's few small ops
+is most of its time: the per-step views of every buffer are made once before each loop, and
+both loops run under `torch.inference_mode()` (they record nothing for autograd, and inference
+mode skips the dispatcher's autograd layer). Every tensor a loop writes that is kept or
+returned is allocated before it, so none comes out as an inference tensor.
 """
 
 from __future__ import annotations
@@ -58,28 +64,29 @@ class LSTMRecurrence(torch.autograd.Function):
         T, B, four_h = p.shape
         H = four_h // 4
         z_all = p.clone(memory_format=torch.contiguous_format)  # (T, B, 4H), becomes the activated gates
-        w_t = weight_hh.T.contiguous()  # (H, 4H); a contiguous copy: the per-step matmul runs faster
+        w_t = weight_hh.T  # (H, 4H)
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         c_all = p.new_empty(T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
         tanh_c = p.new_empty(B, H)
         masks = None if step_mask is None else step_mask.transpose(0, 1).unsqueeze(-1)  # (T, B, 1) bool
-        # The per-step views, made once: cheaper than indexing in the loop.
-        zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
-        is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
-        hs, cs = h_all.unbind(0), c_all.unbind(0)
         h_in = p.new_empty(B, H)
-        for t in range(T):
-            h_prev, c_prev, c, h = hs[t], cs[t], cs[t + 1], hs[t + 1]
-            zs[t].addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
-            if_parts[t].sigmoid_()
-            gs[t].tanh_()
-            os[t].sigmoid_()
-            torch.mul(fs[t], c_prev, out=c).addcmul_(is_[t], gs[t])
-            torch.mul(os[t], torch.tanh(c, out=tanh_c), out=h)
-            if masks is not None:
-                torch.where(masks[t], c, c_prev, out=c)
-                torch.where(masks[t], h, h_prev, out=h)
+        with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
+            # The per-step views, made once: cheaper than indexing in the loop.
+            zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
+            is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
+            hs, cs = h_all.unbind(0), c_all.unbind(0)
+            for t in range(T):
+                h_prev, c_prev, c, h = hs[t], cs[t], cs[t + 1], hs[t + 1]
+                zs[t].addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
+                if_parts[t].sigmoid_()
+                gs[t].tanh_()
+                os[t].sigmoid_()
+                torch.mul(fs[t], c_prev, out=c).addcmul_(is_[t], gs[t])
+                torch.mul(os[t], torch.tanh(c, out=tanh_c), out=h)
+                if masks is not None:
+                    torch.where(masks[t], c, c_prev, out=c)
+                    torch.where(masks[t], h, h_prev, out=h)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks
@@ -113,30 +120,33 @@ class LSTMRecurrence(torch.autograd.Function):
             torch.mul(dy, masks, out=dh_outs[1:])
         if dh_T is not None:
             dh_outs[T] += dh_T
-        dc_state = dc_T.clone() if dc_T is not None else dy.new_zeros(B, H)
-        # The per-step views, made once: cheaper than indexing in the loop.
-        dh_out_s, fs, dc_per_dhs, dz_o_per_dhs, dz_ifg_per_dcs = (v.unbind(0) for v in (dh_outs, f, dc_per_dh, dz_o_per_dh, dz_ifg_per_dc))
-        dzs, dz_ifgs, dz_os = dz_all.unbind(0), dz_all[..., : 3 * H].unflatten(-1, (3, H)).unbind(0), dz_all[..., 3 * H :].unbind(0)
-        ms = None if masks is None else masks.unbind(0)
-        for t in range(T - 1, -1, -1):
-            dh_out, dh_prev = dh_out_s[t + 1], dh_out_s[t]
-            if ms is None:
-                dh, dc = dh_out, dc_state
-            else:
-                m = ms[t]
-                dh, dc = torch.where(m, dh_out, 0), torch.where(m, dc_state, 0)
-            dc = dc.addcmul_(dh, dc_per_dhs[t])
-            torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
-            torch.mul(dz_ifg_per_dcs[t], dc.unsqueeze(1), out=dz_ifgs[t])
-            if recurrent_mask is None:  # dh_prev is dL/dy_{t-1} so far: add the recurrent share in place
-                dh_prev.addmm_(dzs[t], weight_hh)
-            else:
-                dh_prev.addcmul_(dzs[t] @ weight_hh, recurrent_mask)
-            dc_prev = dc * fs[t]
-            if ms is not None:
-                dh_prev += torch.where(m, 0, dh_out)
-                dc_prev += torch.where(m, 0, dc_state)
-            dc_state = dc_prev
+        dc_state, dc_next = dy.new_zeros(B, H), dy.new_empty(B, H)  # dL/dc_t, and dL/dc_{t-1} as it is computed
+        if dc_T is not None:
+            dc_state.copy_(dc_T)
+        with torch.inference_mode():  # every tensor kept or returned was allocated outside: none is an inference tensor
+            # The per-step views, made once: cheaper than indexing in the loop.
+            dh_out_s, fs, dc_per_dhs, dz_o_per_dhs, dz_ifg_per_dcs = (v.unbind(0) for v in (dh_outs, f, dc_per_dh, dz_o_per_dh, dz_ifg_per_dc))
+            dzs, dz_ifgs, dz_os = dz_all.unbind(0), dz_all[..., : 3 * H].unflatten(-1, (3, H)).unbind(0), dz_all[..., 3 * H :].unbind(0)
+            ms = None if masks is None else masks.unbind(0)
+            for t in range(T - 1, -1, -1):
+                dh_out, dh_prev = dh_out_s[t + 1], dh_out_s[t]
+                if ms is None:
+                    dh, dc = dh_out, dc_state
+                else:
+                    m = ms[t]
+                    dh, dc = torch.where(m, dh_out, 0), torch.where(m, dc_state, 0)
+                dc = dc.addcmul_(dh, dc_per_dhs[t])
+                torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
+                torch.mul(dz_ifg_per_dcs[t], dc.unsqueeze(1), out=dz_ifgs[t])
+                if recurrent_mask is None:  # dh_prev is dL/dy_{t-1} so far: add the recurrent share in place
+                    dh_prev.addmm_(dzs[t], weight_hh)
+                else:
+                    dh_prev.addcmul_(dzs[t] @ weight_hh, recurrent_mask)
+                torch.mul(dc, fs[t], out=dc_next)
+                if ms is not None:
+                    dh_prev += torch.where(m, 0, dh_out)
+                    dc_next += torch.where(m, 0, dc_state)
+                dc_state, dc_next = dc_next, dc_state
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
         return dz_all, dh_outs[0], dc_state, dweight_hh, None, None

@@ -58,6 +58,9 @@ Every factor that does not depend on dh or dc (`tanh(n) o (1 - o)`, `o (1 - tanh
 before the reverse loop. dW_hh, dgain_hh, dgain_c, dshift_c and the peephole weights' gradients
 are one reduction over all steps after it. Padding steps give no gradient, whatever (even NaN)
 they hold: u = 0 there, and the forward zeroes the values it keeps of them.
+
+Both loops run under `torch.inference_mode()`, as in `fused_lstm` (fewer dispatcher layers per
+op); what they keep or return is allocated before them.
 """
 
 from __future__ import annotations
@@ -154,31 +157,32 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         holds_h, holds_c = ((None,) * T if hold is None else hold.unbind(0) for hold in (hold_h, hold_c))
         h_in, q = p.new_empty(B, H), p.new_empty(B, four_h)
         qhats, rsig_qs = [], []
-        for t in range(T):
-            h_prev, c_prev, h_new, c_new, tanh_n = hs[t], cs[t], h_news[t], c_news[t], tanh_ns[t]
-            if recurrent_mask is not None:
-                h_prev = torch.mul(hs[t], recurrent_mask, out=h_in)
-            if ln:
-                qhat, _, rsig_q = torch.native_layer_norm(torch.mm(h_prev, w_t, out=q), (four_h,), None, None, eps)
-                zs[t].addcmul_(qhat, gain_hh)
-                qhats.append(qhat)
-                rsig_qs.append(rsig_q)
-            else:
-                zs[t].addmm_(h_prev, w_t)
-            if peephole:
-                z_ifs[t].addcmul_(c_prev.unsqueeze(1), w_cif)  # (B, 2, H)
-            if_parts[t].sigmoid_()
-            gs[t].tanh_()
-            torch.mul(fs[t], c_prev, out=c_new).addcmul_(is_[t], gs[t])
-            if peephole:
-                os[t].addcmul_(c_new, w_co)
-            os[t].sigmoid_()
-            n = torch.native_layer_norm(c_new, (H,), gain_c, shift_c, eps)[0] if ln else c_new
-            torch.mul(os[t], torch.tanh(n, out=tanh_n), out=h_new)
-            if carry_h:
-                _carry(h_new, hs[t], hs[t + 1], holds_h[t], rate_h)
-            if carry_c:
-                _carry(c_new, c_prev, cs[t + 1], holds_c[t], rate_c)
+        with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
+            for t in range(T):
+                h_prev, c_prev, h_new, c_new, tanh_n = hs[t], cs[t], h_news[t], c_news[t], tanh_ns[t]
+                if recurrent_mask is not None:
+                    h_prev = torch.mul(hs[t], recurrent_mask, out=h_in)
+                if ln:
+                    qhat, _, rsig_q = torch.native_layer_norm(torch.mm(h_prev, w_t, out=q), (four_h,), None, None, eps)
+                    zs[t].addcmul_(qhat, gain_hh)
+                    qhats.append(qhat)
+                    rsig_qs.append(rsig_q)
+                else:
+                    zs[t].addmm_(h_prev, w_t)
+                if peephole:
+                    z_ifs[t].addcmul_(c_prev.unsqueeze(1), w_cif)  # (B, 2, H)
+                if_parts[t].sigmoid_()
+                gs[t].tanh_()
+                torch.mul(fs[t], c_prev, out=c_new).addcmul_(is_[t], gs[t])
+                if peephole:
+                    os[t].addcmul_(c_new, w_co)
+                os[t].sigmoid_()
+                n = torch.native_layer_norm(c_new, (H,), gain_c, shift_c, eps)[0] if ln else c_new
+                torch.mul(os[t], torch.tanh(n, out=tanh_n), out=h_new)
+                if carry_h:
+                    _carry(h_new, hs[t], hs[t + 1], holds_h[t], rate_h)
+                if carry_c:
+                    _carry(c_new, c_prev, cs[t + 1], holds_c[t], rate_c)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks
@@ -235,7 +239,9 @@ class LSTMVariantRecurrence(torch.autograd.Function):
             torch.mul(dy, masks, out=dh_outs[1:])
         if dh_T is not None:
             dh_outs[T] += dh_T
-        dc_state = dc_T.clone() if dc_T is not None else dy.new_zeros(B, H)
+        dc_state, dc_next = dy.new_zeros(B, H), dy.new_empty(B, H)  # dL/dc_t, and dL/dc_{t-1} as it is computed
+        if dc_T is not None:
+            dc_state.copy_(dc_T)
         # The per-step views, made once: cheaper than indexing in the loop.
         dh_out_s, dz_o_per_dhs, dc_per_dhs, dz_ifg_per_dcs, dc_prev_per_dcs, dzs, dqs = (
             x.unbind(0) for x in (dh_outs, dz_o_per_dh, dc_per_dh, dz_ifg_per_dc, dc_prev_per_dc, dz_all, dq_all))
@@ -245,29 +251,30 @@ class LSTMVariantRecurrence(torch.autograd.Function):
             c_sums_per_dhs, chat_bases = c_sums_per_dh.transpose(2, 3).unbind(0), chat_basis.unbind(0)  # (B, H, 2), (B, 2, H)
             qhat_rows = qhat.unsqueeze(2)  # (T, B, 1, 4H)
             qhat_cols, qhat_rows, rsig_qs = qhat_rows.transpose(2, 3).unbind(0), qhat_rows.unbind(0), rsig_q.unbind(0)
-        for t in range(T - 1, -1, -1):
-            dh_out, dh_prev = dh_out_s[t + 1], dh_out_s[t]
-            dh = dh_out if u_h is None else dh_out * u_hs[t]  # dL/dh_new
-            torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
-            dc = (dc_state if u_c is None else dc_state * u_cs[t]).addcmul_(dh, dc_per_dhs[t])
-            dc_row = dc.unsqueeze(1)  # (B, 1, H)
-            if ln:  # LN_c's mean terms: dc -= [mean d, mean d c^] [1; c^]
-                dc_row.baddbmm_(torch.bmm(dh.unsqueeze(1), c_sums_per_dhs[t]), chat_bases[t], alpha=-1 / H)
-            torch.mul(dz_ifg_per_dcs[t], dc_row, out=dz_ifgs[t])
-            if ln:  # dq = (dq^ - q^ mean(dq^ q^)) / s_q with dq^ = dz gain_hh; w_hh takes the mean(dq^) term
-                dq_row = torch.mul(dzs[t], gain_hh, out=dqs[t]).unsqueeze(1)  # (B, 1, 4H)
-                dq_row.baddbmm_(torch.bmm(dq_row, qhat_cols[t]), qhat_rows[t], alpha=-1 / four_h)
-                dqs[t].mul_(rsig_qs[t])
-            if recurrent_mask is None:
-                dh_prev.addmm_(dqs[t], w_hh)
-            else:
-                dh_prev.addcmul_(dqs[t] @ w_hh, recurrent_mask)
-            if u_h is not None:
-                dh_prev.addcmul_(dh_out, v_hs[t])
-            dc_prev = dc * dc_prev_per_dcs[t]
-            if u_c is not None:
-                dc_prev.addcmul_(dc_state, v_cs[t])
-            dc_state = dc_prev
+        with torch.inference_mode():  # every tensor kept or returned was allocated outside: none is an inference tensor
+            for t in range(T - 1, -1, -1):
+                dh_out, dh_prev = dh_out_s[t + 1], dh_out_s[t]
+                dh = dh_out if u_h is None else dh_out * u_hs[t]  # dL/dh_new
+                torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
+                dc = (dc_state if u_c is None else dc_state * u_cs[t]).addcmul_(dh, dc_per_dhs[t])
+                dc_row = dc.unsqueeze(1)  # (B, 1, H)
+                if ln:  # LN_c's mean terms: dc -= [mean d, mean d c^] [1; c^]
+                    dc_row.baddbmm_(torch.bmm(dh.unsqueeze(1), c_sums_per_dhs[t]), chat_bases[t], alpha=-1 / H)
+                torch.mul(dz_ifg_per_dcs[t], dc_row, out=dz_ifgs[t])
+                if ln:  # dq = (dq^ - q^ mean(dq^ q^)) / s_q with dq^ = dz gain_hh; w_hh takes the mean(dq^) term
+                    dq_row = torch.mul(dzs[t], gain_hh, out=dqs[t]).unsqueeze(1)  # (B, 1, 4H)
+                    dq_row.baddbmm_(torch.bmm(dq_row, qhat_cols[t]), qhat_rows[t], alpha=-1 / four_h)
+                    dqs[t].mul_(rsig_qs[t])
+                if recurrent_mask is None:
+                    dh_prev.addmm_(dqs[t], w_hh)
+                else:
+                    dh_prev.addcmul_(dqs[t] @ w_hh, recurrent_mask)
+                if u_h is not None:
+                    dh_prev.addcmul_(dh_out, v_hs[t])
+                torch.mul(dc, dc_prev_per_dcs[t], out=dc_next)
+                if u_c is not None:
+                    dc_next.addcmul_(dc_state, v_cs[t])
+                dc_state, dc_next = dc_next, dc_state
 
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dweight_hh = dq_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
