@@ -77,7 +77,10 @@ def test_auto_prefers_vendor_and_says_why_it_falls_back():
     custom = ls.LSTM(4, recurrent_activation="hard_sigmoid").dispatch()
     assert custom.implementation == "loop"
     assert "compute only tanh as activation and sigmoid" in custom.refused["fused"]
-    assert ls.SimpleRNN(4, activation="relu").dispatch().implementation == "vendor"
+    # GRU and SimpleRNN prefer the fused kernels, faster than torch's on CPU (benchmarks/RESULTS.md)
+    assert ls.SimpleRNN(4, activation="relu").dispatch() == ls.dispatch.Dispatch("fused", {})
+    assert ls.GRU(4).dispatch() == ls.dispatch.Dispatch("fused", {})
+    assert ls.GRU(4, activation="relu").dispatch().implementation == "loop"
 
 
 def test_last_dispatch_records_the_path_of_the_last_call():

@@ -459,6 +459,7 @@ class GRUCell(Cell):
     """
 
     gates = 3
+    preference = ("fused", "vendor", "loop")  # torch's CPU GRU is slower than the fused one (longshort.dispatch)
 
     def __init__(
         self,
@@ -639,6 +640,7 @@ class SimpleRNNCell(Cell):
     """
 
     gates = 1
+    preference = ("fused", "vendor", "loop")  # torch's CPU RNN is slower than the fused one (longshort.dispatch)
 
     def __init__(
         self,

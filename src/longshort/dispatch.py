@@ -18,7 +18,10 @@ A cell offers the first two by the optional methods `vendor_refusal(masked)` /
 `run_fused(x, state, mask)`; the built-in cells have them, and refuse when a subclass
 overrides their `recur`, whose math the kernels would not follow.
 
-`implementation="auto"` takes the first of vendor, fused, loop that can run the call;
+`implementation="auto"` takes the first path that can run the call, in the order the cell
+prefers (`cell.preference`, by default vendor, fused, loop: the LSTM's; GRU and SimpleRNN put
+fused first, because torch's CPU kernels for them are an autograd loop in C++, slower than the
+fused ones in training and no faster in inference: see benchmarks/RESULTS.md);
 naming one asks for it and raises if it cannot. `layer.dispatch(masked=...)` says which
 path a call would take and why each other path was refused; `layer.last_dispatch` is the
 decision of the last call.
@@ -31,7 +34,7 @@ from typing import NamedTuple, Optional
 from torch import nn
 
 IMPLEMENTATIONS = ("auto", "vendor", "fused", "compiled", "loop")
-PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries; "compiled" runs only when named
+PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries unless the cell says otherwise; "compiled" runs only when named
 NOT_ASKED = "it runs only when asked for (implementation='compiled'): compiling takes seconds at the first call"
 
 
@@ -64,7 +67,7 @@ def choose(implementation: str, cell: nn.Module, masked: bool, who: str, compile
     """The path for `implementation` ("auto" or one path), or a ValueError saying why it cannot run."""
     refused = refusals(cell, masked, compiled_refusal)
     if implementation == "auto":
-        path = next(path for path in PREFERENCE if path not in refused)
+        path = next(path for path in getattr(cell, "preference", PREFERENCE) if path not in refused)
         if path != "loop":  # the compiled path would only be slower; mention it where it could help
             del refused["compiled"]
         return Dispatch(path, refused)

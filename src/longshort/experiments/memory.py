@@ -48,9 +48,6 @@ class Architecture(Enum):
 
 
 LAYERS = {Architecture.SIMPLE_RNN: SimpleRNN, Architecture.GRU: GRU, Architecture.LSTM: LSTM}
-# Which code runs each layer: the same math either way, the fastest on one CPU thread at these sizes
-# (B=32, T=100: torch's GRU and RNN kernels take 2.1x and 1.4x the time of longshort's fused ones).
-IMPLEMENTATIONS = {Architecture.SIMPLE_RNN: "fused", Architecture.GRU: "fused", Architecture.LSTM: "vendor"}
 
 
 @dataclass
@@ -158,9 +155,7 @@ def copy_memory_task(config: MemoryConfig) -> Task:
 
 def build_model(architecture: Architecture, units: int, task: Task) -> Sequential:
     """The recurrent layer and its head: `Dense` on the last output, or `TimeDistributed(Dense)` on all."""
-    layer = LAYERS[architecture](
-        units, input_size=task.input_size, return_sequences=task.sequence_output, implementation=IMPLEMENTATIONS[architecture]
-    )
+    layer = LAYERS[architecture](units, input_size=task.input_size, return_sequences=task.sequence_output)
     head = Dense(task.output_size, input_size=units)
     return Sequential(layer, TimeDistributed(head) if task.sequence_output else head)
 
