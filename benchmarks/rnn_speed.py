@@ -24,7 +24,7 @@ peak memory growth of one training step for each LSTM implementation in a fresh 
     python benchmarks/rnn_speed.py                # the full grid (about 15 minutes on 2 cores)
     python benchmarks/rnn_speed.py --quick        # B=1 and 32, H=256 only
     python benchmarks/rnn_speed.py --memory       # peak memory at B=32, T=1000, H=128
-    python benchmarks/rnn_speed.py --cells        # fused GRU / ReLU SimpleRNN against their loops
+    python benchmarks/rnn_speed.py --cells        # fused GRU, ReLU SimpleRNN, LSTM variants against their loops
 """
 
 from __future__ import annotations
@@ -229,24 +229,28 @@ def memory_table(point: Point) -> list[str]:
 
 def fused_versus_loop_table(repeats: int) -> list[str]:
     """Training step of the fused GRU, ReLU SimpleRNN and LSTM variants (layer norm, peephole,
-    zoneout) against the readable loop of the same cell."""
-    rows = ["Fused kernel against the autograd loop of the same cell, training step, T=100, H=F=256:", ""]
-    rows += ["| layer | B | loop ms | fused ms | speed-up |", "|---|---:|---:|---:|---:|"]
-    layers = {  # name: (layer class, its options)
-        "GRU": (ls.GRU, {}),
-        "SimpleRNN relu": (ls.SimpleRNN, {"activation": "relu"}),
-        "LayerNormLSTM": (ls.LayerNormLSTM, {}),
-        "LSTM(peephole=True)": (ls.LSTM, {"peephole": True}),
-        "LSTM(zoneout=0.1)": (ls.LSTM, {"zoneout": 0.1}),
+    zoneout) against the readable loop of the same cell, and, where torch has the layer, against
+    torch's own kernel (`implementation="vendor"`, what torch.nn.GRU / RNN run)."""
+    rows = ["Fused kernel against the autograd loop of the same cell (and torch's kernel), training step, T=100, H=F=256:", ""]
+    rows += ["| layer | B | loop ms | torch ms | fused ms | fused vs loop | fused vs torch |", "|---|---:|---:|---:|---:|---:|---:|"]
+    layers = {  # name: (layer class, its options, whether torch has it)
+        "GRU": (ls.GRU, {}, True),
+        "SimpleRNN relu": (ls.SimpleRNN, {"activation": "relu"}, True),
+        "LayerNormLSTM": (ls.LayerNormLSTM, {}, False),
+        "LSTM(peephole=True)": (ls.LSTM, {"peephole": True}, False),
+        "LSTM(zoneout=0.1)": (ls.LSTM, {"zoneout": 0.1}, False),
     }
-    for name, (layer_class, options) in layers.items():
+    for name, (layer_class, options, in_torch) in layers.items():
+        paths = ("loop", "vendor", "fused") if in_torch else ("loop", "fused")
         for batch in (1, 32):
             x = torch.randn(batch, 100, 256, requires_grad=True)
-            loop, fused = (layer_class(256, 256, return_sequences=True, implementation=path, **options) for path in ("loop", "fused"))
-            fused.load_state_dict(loop.state_dict())
-            times = time_interleaved({path: (lambda layer=layer: layer(x).sum().backward()) for path, layer in
-                                      (("loop", loop), ("fused", fused))}, repeats)
-            rows.append(f"| {name} | {batch} | {times['loop'] * 1e3:.2f} | {times['fused'] * 1e3:.2f} | {times['loop'] / times['fused']:.2f}x |")
+            runs = {path: layer_class(256, 256, return_sequences=True, implementation=path, **options) for path in paths}
+            for layer in runs.values():
+                layer.load_state_dict(runs["loop"].state_dict())
+            times = time_interleaved({path: (lambda layer=layer: layer(x).sum().backward()) for path, layer in runs.items()}, repeats)
+            torch_ms, versus_torch = (f"{times['vendor'] * 1e3:.2f}", f"{times['vendor'] / times['fused']:.2f}x") if in_torch else ("", "")
+            rows.append(f"| {name} | {batch} | {times['loop'] * 1e3:.2f} | {torch_ms} | {times['fused'] * 1e3:.2f} | "
+                        f"{times['loop'] / times['fused']:.2f}x | {versus_torch} |")
     return rows
 
 
@@ -263,7 +267,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two grid points only")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--memory", action="store_true", help="peak memory at B=32, T=1000, H=128 only")
-    parser.add_argument("--cells", action="store_true", help="fused GRU and ReLU SimpleRNN against their loops only")
+    parser.add_argument("--cells", action="store_true", help="fused GRU, ReLU SimpleRNN and LSTM variants against their loops (and torch) only")
     parser.add_argument("--memory-child", nargs=2, metavar=("NAME", "B,T,H"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
