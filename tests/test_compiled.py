@@ -231,3 +231,38 @@ def test_a_compiled_layer_copies_and_runs_in_bidirectional():
     torch.testing.assert_close(twin(x), layer(x))
     both = ls.Bidirectional(layer)
     assert both(x).shape == (2, 3, 8)
+
+
+def test_the_all_steps_pass_in_chunks_gives_the_same_gradients(monkeypatch, compiled_layers):
+    """With few rows per pass the weight gradients are summed over several chunks of steps."""
+    import longshort.compiled
+
+    monkeypatch.setattr(longshort.compiled, "ROWS_PER_PASS", 7)  # two steps of B=3 per chunk, the last one short
+    test_compiled_equals_the_loop("projected LSTM", True, True, compiled_layers)
+    test_compiled_equals_the_loop("minimal", False, True, compiled_layers)
+
+
+class TransposedStateCell(MinimalRNNCell):
+    """A step whose new state comes out as a transposed view (columns-major), not contiguous."""
+
+    def forward(self, x_t, h_prev):
+        h = torch.tanh(self.kernel.weight @ x_t.T + self.recurrent_kernel.weight @ h_prev.T).T  # (B, H), strides (1, B)
+        return h, h
+
+
+def test_a_state_that_comes_out_transposed_is_handed_on_correctly():
+    torch.manual_seed(6)
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    loop = ls.RNN(TransposedStateCell(4, 3), return_sequences=True).double()
+    compiled = ls.RNN(copy.deepcopy(loop.cell), return_sequences=True, implementation="compiled")
+    want, got = outputs_and_grads_of(loop, x), outputs_and_grads_of(compiled, x)
+    for ours, theirs in zip(got, want):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def outputs_and_grads_of(layer: ls.RNN, x: torch.Tensor) -> list[torch.Tensor]:
+    x = x.detach().clone().requires_grad_()
+    y = layer(x)
+    inputs = [x, *layer.parameters()]
+    grads = torch.autograd.grad(y.sin().sum(), inputs, allow_unused=True)
+    return [y, *(torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs))]

@@ -19,7 +19,8 @@ whole sequence) when the cell has them, else its `forward(x_t, state)` with p_t 
 Only the first line needs the reverse loop. The last two are one vector-Jacobian product of F
 applied to all T * B rows at once (steps stacked as a batch), with the cotangents (dy_t, lam_t)
 collected by the loop: the sum over steps becomes the matmul over rows, so the weight
-gradients cost one large matmul each, as in the hand-written kernels. This needs a cell that
+gradients cost one large matmul each, as in the hand-written kernels (a long sequence goes in
+chunks of whole steps, `ROWS_PER_PASS` rows at most, to bound the memory of this pass). This needs a cell that
 treats the rows of a batch independently (no batch statistics); the first trace checks it.
 
 Masks. With m_t in {0, 1} per sequence, the carried state is `m s_new + (1 - m) s_{t-1}` and the
@@ -168,7 +169,7 @@ class CompiledLoop:
     # -- tracing and compiling ------------------------------------------------------------------
     def _compiled_step(self, tensors: Sequence[Tensor], input_t: Tensor, state) -> CompiledStep:
         leaves = flatten_state(state)
-        key = (self.cell.training,) + tuple((t.shape, t.dtype, t.device) for t in (*tensors, input_t, *leaves))
+        key = (self.cell.training,) + tuple((t.shape, t.stride(), t.dtype, t.device) for t in (*tensors, input_t, *leaves))
         if key not in self.steps:
             compiled = self._trace_and_compile(tensors, input_t, state)
             self.steps[key] = compiled
@@ -204,7 +205,7 @@ class CompiledLoop:
             return (*outs, *grads)
 
         primals = [*tensors, input_t.detach(), *(leaf.clone().requires_grad_() for leaf in leaves)]
-        tangents = [torch.zeros_like(out) for out in outputs]
+        tangents = [torch.zeros_like(out, memory_format=torch.contiguous_format) for out in outputs]
         graph = make_fx(joint, decomposition_table=select_decomp_table())(primals, tangents)
         _check_graph(graph, type(self.cell).__name__)
         _check_rows(lambda i, s: self.step(names, tensors, i, s), input_t.detach(), state)
@@ -213,20 +214,43 @@ class CompiledLoop:
         )
         arguments = _backward_arguments(forward_graph, backward_graph, len(outputs))
         example = [t.detach() for t in primals]
-        saved = list(forward_graph(*example))[len(outputs) :]
-        backward_example = [{"saved": saved, "cotangent": tangents}[kind][k] for kind, k in arguments]
         forward_call = _inductor_compile(forward_graph, example)
+        forward_out = forward_call(list(example))  # the backward is compiled for what the compiled forward saves
+        backward_example = [{"saved": forward_out[len(outputs) :], "cotangent": tangents}[kind][k] for kind, k in arguments]
         backward_call = _inductor_compile(backward_graph, backward_example)
-        return CompiledStep(forward_call, backward_call, arguments, len(leaves), time.perf_counter() - start)
+        backward_out = backward_call(list(backward_example))
+        # The compiled code takes its inputs in the layout it was compiled for, unchecked: the states
+        # each step hands on must come out as they went in (contiguous), or be made so.
+        n = len(leaves)
+        if not all(t.is_contiguous() for t in [*forward_out[1 : n + 1], *backward_out]):
+            forward_call = _contiguous_outputs(forward_call, range(1, n + 1))
+            backward_call = _contiguous_outputs(backward_call, range(n))
+        return CompiledStep(forward_call, backward_call, arguments, n, time.perf_counter() - start)
+
+
+def _contiguous_outputs(call: Call, positions: range) -> Call:
+    """`call` with its outputs at `positions` made contiguous."""
+
+    def contiguous_call(arguments: list[Tensor]) -> list[Tensor]:
+        outputs = list(call(arguments))
+        for k in positions:
+            outputs[k] = outputs[k].contiguous()
+        return outputs
+
+    return contiguous_call
 
 
 def _inductor_compile(graph: torch.fx.GraphModule, example: list[Tensor]) -> Call:
     """`graph` compiled by TorchInductor, in its calling convention (a list of inputs, emptied by the
     call); where Inductor fails, the graph itself, run op by op, with a warning that says why."""
     try:
+        import torch._inductor.config
         from torch._inductor.compile_fx import compile_fx_inner
 
-        return compile_fx_inner(graph, example).current_callable
+        # Without the per-call checks of input sizes and strides (10% of a small step): the cache key
+        # holds every input's layout, and the loop hands each step its inputs in that layout.
+        with torch._inductor.config.patch(size_asserts=False):
+            return compile_fx_inner(graph, example).current_callable
     except Exception as error:  # noqa: BLE001 - any compiler failure leaves a working (slower) path
         warnings.warn(f"longshort: TorchInductor could not compile the step ({type(error).__name__}: {error}); "
                       "running the traced graphs without compiling", RuntimeWarning, stacklevel=2)
@@ -359,35 +383,60 @@ class _CompiledRecurrence(torch.autograd.Function):
         previous, tensors = rest[:n], rest[n:]
         T = inputs.shape[0]
         lam = [torch.zeros_like(s[0]) if d is None else d.contiguous() for d, s in zip(d_final, previous)]
-        dy = inputs.new_zeros(ctx.output_shape) if dy is None else dy.contiguous()  # (T, B, ...)
         step_mask = run.step_mask
-        dys, lams = [None] * T, [None] * T  # the cotangents of each step's outputs
+        if dy is None:
+            dy = inputs.new_zeros(ctx.output_shape)  # (T, B, ...)
+        elif step_mask is None:
+            dy = dy.contiguous()
+        else:  # the cotangent of each step's output is m dy_t
+            dy = torch.where(step_mask.view(*step_mask.shape, *[1] * (dy.dim() - 2)), dy, 0)
+        lams = [None] * T  # the cotangents of each step's new state
         for t in range(T - 1, -1, -1):
-            dy_t = dy[t]
             if step_mask is not None:
                 m = step_mask[t]
                 passed = [torch.where(_batch_view(m, l), 0, l) for l in lam]
-                dy_t = torch.where(_batch_view(m, dy_t), dy_t, 0)
                 lam = [torch.where(_batch_view(m, l), l, 0) for l in lam]
-            dys[t], lams[t] = dy_t, lam
-            lam = list(run.step.step_backward(ctx.saved_steps[t], [dy_t, *lam]))
+            lams[t] = lam
+            lam = list(run.step.step_backward(ctx.saved_steps[t], [dy[t], *lam]))
             if step_mask is not None:
                 lam = [l + p for l, p in zip(lam, passed)]
-        d_inputs, d_tensors = _all_steps_backward(ctx, run, inputs, previous, tensors, torch.stack(dys), [torch.stack(ls) for ls in zip(*lams)])
+        lams = [torch.stack(steps) for steps in zip(*lams)]  # each (T, B, ...); the per-step tensors are freed
+        d_inputs, d_tensors = _all_steps_backward(ctx, run, inputs, previous, tensors, dy, lams)
         return (None, d_inputs, *lam, *d_tensors)
 
 
+ROWS_PER_PASS = 16384  # the all-steps gradient pass runs over at most this many rows at once (bounds its memory)
+
+
 def _all_steps_backward(ctx, run: _Recurrence, inputs: Tensor, previous, tensors, dys: Tensor, lams: list[Tensor]):
-    """dp_t and dtheta: one vector-Jacobian product of the step over all T * B rows (see the module docstring)."""
+    """dp_t and dtheta: vector-Jacobian products of the step over all T * B rows (see the module
+    docstring), in chunks of whole steps of at most `ROWS_PER_PASS` rows, whose parameter
+    gradients add up."""
     n = run.step.state_leaves
     wanted = ctx.needs_input_grad[1:2] + ctx.needs_input_grad[2 + n :]  # inputs, then each parameter / buffer
     if not any(wanted):
         return None, [None] * len(tensors)
     T, B = inputs.shape[:2]
-    rows = lambda x: x.reshape(T * B, *x.shape[2:])  # noqa: E731 - (T, B, ...) -> (T*B, ...)
+    steps = max(1, ROWS_PER_PASS // B)
+    d_inputs = inputs.new_zeros(inputs.shape) if wanted[0] else None
+    d_tensors: list[Optional[Tensor]] = [None] * len(tensors)
+    for start in range(0, T, steps):
+        part = slice(start, start + steps)
+        mask = None if run.step_mask is None else run.step_mask[part]
+        found = _steps_backward(run, inputs[part], [s[part] for s in previous], tensors, dys[part], [l[part] for l in lams], mask, wanted)
+        if d_inputs is not None:
+            d_inputs[part] = found[0]
+        d_tensors = [g if total is None else total if g is None else total + g for total, g in zip(d_tensors, found[1:])]
+    return d_inputs, d_tensors
+
+
+def _steps_backward(run: _Recurrence, inputs: Tensor, previous, tensors, dys: Tensor, lams: list[Tensor], step_mask: Optional[Tensor], wanted):
+    """The gradients (inputs, then each parameter / buffer, None where not wanted) of some steps (T', B, ...) at once."""
+    T, B = inputs.shape[:2]
+    rows = lambda x: x.reshape(T * B, *x.shape[2:])  # noqa: E731 - (T', B, ...) -> (T'*B, ...)
     step_inputs, states = rows(inputs.detach()), [rows(s) for s in previous]
-    if run.step_mask is not None:  # padding rows: zero cotangents, and zeros in place of what they hold (even NaN)
-        real = run.step_mask.reshape(T * B)
+    if step_mask is not None:  # padding rows: zero cotangents, and zeros in place of what they hold (even NaN)
+        real = step_mask.reshape(T * B)
         step_inputs = torch.where(_batch_view(real, step_inputs), step_inputs, 0)
         states = [torch.where(_batch_view(real, s), s, 0) for s in states]
     with torch.enable_grad():
@@ -399,5 +448,8 @@ def _all_steps_backward(ctx, run: _Recurrence, inputs: Tensor, previous, tensors
         targets = [x for x, want in zip(differentiable, wanted) if want]
         grads = iter(torch.autograd.grad([o for o, _ in pairs], targets, [c for _, c in pairs], allow_unused=True))
     found = [next(grads) if want else None for want in wanted]
-    d_inputs = None if found[0] is None else found[0].reshape(inputs.shape)
-    return d_inputs, found[1:]
+    if found[0] is not None:
+        found[0] = found[0].reshape(inputs.shape)
+    elif wanted[0]:
+        found[0] = torch.zeros_like(inputs)
+    return found
