@@ -28,7 +28,7 @@ from longshort.forecasting import format_report as format_forecast_report
 from longshort.gate_plots import draw_gates, plot_gates, plot_learning_curves, trace_gates
 from longshort.layers import GRU, LSTM, LayerNormLSTM, SimpleRNN
 from longshort.rnn import RNN
-from longshort.training import Clip, History, clip_gradients, gradient_norm, train_step
+from longshort.training import Clip, History, NonFiniteError, clip_gradients, gradient_norm, train_step
 from longshort.wrappers import Bidirectional, Dense, Sequential, TimeDistributed
 
 __version__ = "0.1.0"
@@ -51,6 +51,7 @@ __all__ = [
     "LayerNormLSTM",
     "LayerNormLSTMCell",
     "LSTMState",
+    "NonFiniteError",
     "RNN",
     "Sequential",
     "SeriesConfig",

@@ -65,6 +65,7 @@ class TextConfig:
     validation_fraction: float = 0.1  # the end of the text, held out
     seed: int = 0
     threads: int = 1  # CPU threads for torch: 1 is fastest for small models, above all on a busy machine
+    skip_nonfinite: bool = False  # a step with a NaN or infinite loss or gradient: skip it (True) or stop (NonFiniteError)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "embedding", "units", "epochs", "batch_size", "threads"):
@@ -261,6 +262,7 @@ def train_char_model(
         batch_loss=batch_bits,
         validation_loss=lambda: mean_bits(network, validation_codes, config.seq_len, streams),
         clip=Clip(max_norm=config.clip_norm),
+        skip_nonfinite=config.skip_nonfinite,
         seed=config.seed,
         unit="char",
         items_per_sequence=config.seq_len,

@@ -43,15 +43,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from longshort.experiments.tasks import long_lag_cpu
-from longshort.training import Clip, train_step
+from longshort.training import Clip, History, NonFiniteError, train_step
 
 FORMAT = "longshort-checkpoint"
 VERSION = 1
 FILENAME = "checkpoint.pt"
 KINDS = {"series": "a time-series forecaster", "text": "a character language model (trained with --text)"}
-RESUMABLE_CHANGES = ("epochs", "patience", "threads")  # config fields a resumed run may change
+RESUMABLE_CHANGES = ("epochs", "patience", "threads", "skip_nonfinite")  # config fields a resumed run may change
 
 Batch = tuple[Tensor, Tensor]  # (inputs, targets)
+NONFINITE_ADVICE = (
+    "lower learning_rate or clip_norm (a change that needs --fresh), or skip such steps with --skip_nonfinite=true "
+    "(the config's field skip_nonfinite)"
+)
 
 
 class CheckpointError(ValueError):
@@ -73,6 +77,8 @@ class TrainingState:
     best_weights: Optional[dict[str, Tensor]] = None  # state_dict of the best epoch
     shuffle_rng: Optional[Tensor] = None  # state of the generator that orders the batches
     global_rng: Optional[Tensor] = None  # state of torch's global generator (dropout)
+    steps: int = 0  # optimizer steps tried (batches trained on), over all epochs
+    skipped_steps: list[int] = field(default_factory=list)  # steps (1-based) skipped: non-finite loss or gradient
 
     def finished(self, epochs: int) -> bool:
         return self.stopped_early or self.epoch >= epochs
@@ -91,6 +97,7 @@ class EpochLoop:
     seed: int  # seeds the batch order of a fresh run
     unit: str  # what the progress bar counts: "seq" or "char"
     items_per_sequence: int = 1  # throughput: 1 (sequences) or the sequence length (characters)
+    skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient instead of stopping (NonFiniteError)
 
 
 def train_epochs(
@@ -114,6 +121,7 @@ def train_epochs(
         torch.set_rng_state(state.global_rng)
     model = loop.model
     bar = None
+    skipped_in_a_row = 0
     while not state.finished(epochs):
         started = time.perf_counter()
         model.train()
@@ -124,19 +132,35 @@ def train_epochs(
                 total=epochs * per_epoch, initial=state.epoch * per_epoch, desc=description, unit=loop.unit,
                 unit_scale=True, disable=not progress, dynamic_ncols=True,
             )
-        total_loss = 0.0
-        for inputs, targets in batches:
-            loss = train_step(model, lambda: loop.batch_loss(inputs, targets), loop.optimizer, loop.clip)
-            total_loss += loss
+        history = History()  # this epoch's steps
+        for batch, (inputs, targets) in enumerate(batches, 1):
+            state.steps += 1
+            where = f"step {state.steps} (epoch {state.epoch + 1} of {epochs}, batch {batch} of {len(batches)})"
+            try:
+                loss = train_step(model, lambda: loop.batch_loss(inputs, targets), loop.optimizer, loop.clip, history, loop.skip_nonfinite)
+            except NonFiniteError as error:
+                raise NonFiniteError(f"{error.problem} at {where}: the weights were not updated; {NONFINITE_ADVICE}", error.problem, state.steps) from None
+            if history.skipped[-1:] == [batch]:  # train_step skipped it
+                state.skipped_steps.append(state.steps)
+                skipped_in_a_row += 1
+            else:
+                skipped_in_a_row = 0
+            if skipped_in_a_row >= len(batches):
+                problem = f"the last {len(batches)} steps (an epoch's worth) all had a non-finite loss or gradient and were skipped"
+                raise NonFiniteError(f"{problem}, up to {where}: giving up; {NONFINITE_ADVICE}", problem, state.steps)
             bar.update(len(inputs) * loop.items_per_sequence)
-            bar.set_postfix_str(f"epoch {state.epoch + 1}/{epochs} loss {loss:.4f}", refresh=False)
+            bar.set_postfix_str(f"epoch {state.epoch + 1}/{epochs} loss {loss:.4f}{_skipped(state)}", refresh=False)
         model.eval()
         with torch.no_grad():
             validation = loop.validation_loss()
+        if not math.isfinite(validation) and not loop.skip_nonfinite:
+            problem = f"the validation loss is {validation} after epoch {state.epoch + 1}"
+            raise NonFiniteError(f"{problem}: the epoch is not kept; {NONFINITE_ADVICE}", problem, state.steps)
         state.epoch += 1
-        state.train_losses.append(total_loss / len(batches))
+        kept = [loss for step, loss in enumerate(history.losses, 1) if step not in history.skipped]
+        state.train_losses.append(sum(kept) / len(kept))
         state.validation_losses.append(validation)
-        if validation < state.best_validation:
+        if validation < state.best_validation:  # never true for a NaN: a non-finite validation loss is never the best
             state.best_validation, state.best_epoch, state.stale_epochs = validation, state.epoch, 0
             state.best_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         else:
@@ -145,10 +169,19 @@ def train_epochs(
         state.shuffle_rng, state.global_rng = generator.get_state(), torch.get_rng_state()
         state.seconds += time.perf_counter() - started
         save(state)
-        bar.set_postfix_str(f"epoch {state.epoch}/{epochs} loss {state.train_losses[-1]:.4f} val {validation:.4f}")
+        bar.set_postfix_str(f"epoch {state.epoch}/{epochs} loss {state.train_losses[-1]:.4f} val {validation:.4f}{_skipped(state)}")
     if bar is not None:
         bar.close()
     return state
+
+
+def _skipped(state: TrainingState) -> str:
+    """The progress bar's note of skipped steps, if any."""
+    return f" skipped {len(state.skipped_steps)} non-finite steps" if state.skipped_steps else ""
+
+
+def _steps(numbers: list[int], shown: int = 10) -> str:
+    return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
 
 
 def fit(
@@ -177,6 +210,8 @@ def fit(
 
     with long_lag_cpu(config.threads):
         state = train_epochs(loop, state, config.epochs, config.patience, save, progress, description)
+        if state.skipped_steps:
+            echo(f"Skipped {len(state.skipped_steps)} steps with a non-finite loss or gradient (steps {_steps(state.skipped_steps)}).")
         latest = {name: tensor.detach().clone() for name, tensor in loop.model.state_dict().items()}
         if state.best_weights is not None:
             loop.model.load_state_dict(state.best_weights)

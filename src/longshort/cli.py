@@ -10,7 +10,8 @@
     longshort gates CHECKPOINT [INPUT] [--range A:B] [--max-units N] [--plot PNG]
 
 Bad input (a missing or malformed file, a wrong option, an unusable checkpoint) prints
-`longshort COMMAND: what is wrong` on stderr and exits with code 2.
+`longshort COMMAND: what is wrong` on stderr and exits with code 2. A training run stopped
+by a NaN or infinite loss or gradient (longshort.training's guard) says where and exits with 3.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from longshort.charmodel import TextConfig, format_report as format_text, train_char_model
     from longshort.forecasting import SeriesConfig, format_report as format_series, plot_test, train_forecaster
     from longshort.gate_plots import plot_learning_curves
+    from longshort.training import NonFiniteError
 
     flags = [f"--{name}={value}" for name in SERIES_FLAGS + ("epochs",) if (value := getattr(args, name)) is not None]
     if args.text and any(getattr(args, name) is not None for name in SERIES_FLAGS):
@@ -125,6 +127,10 @@ def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             print(f"\nPlot: {plot_test(model, out / 'test_forecast.png')}")
             what = f"Forecast: longshort forecast {out} --steps {model.config.horizon}"
             ylabel, title = "mean squared error (standardised)", f"LSTM forecaster of {model.data.columns[0]!r}"
+    except NonFiniteError as error:  # the guard of longshort.training: no NaN reached the weights
+        kept = f" {out / 'checkpoint.pt'} keeps the last finished epoch." if (out / "checkpoint.pt").is_file() else ""
+        print(f"longshort train: {error}.{kept}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(
             f"\nlongshort train: interrupted. {out / 'checkpoint.pt'} keeps the last finished epoch: "

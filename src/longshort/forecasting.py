@@ -83,6 +83,7 @@ class SeriesConfig:
     clip_norm: float = 1.0  # global gradient-norm clipping
     seed: int = 0
     threads: int = 1  # CPU threads for torch: 1 is fastest for small models, above all on a busy machine
+    skip_nonfinite: bool = False  # a step with a NaN or infinite loss or gradient: skip it (True) or stop (NonFiniteError)
 
     def __post_init__(self) -> None:
         for name in ("lookback", "horizon", "units", "epochs", "batch_size", "threads"):
@@ -507,6 +508,7 @@ def train_forecaster(
         batch_loss=lambda x, y: F.mse_loss(model(x), y),
         validation_loss=lambda: float(F.mse_loss(model(inputs[validation]), targets[validation])),
         clip=Clip(max_norm=config.clip_norm),
+        skip_nonfinite=config.skip_nonfinite,
         seed=config.seed,
         unit="seq",
     )

@@ -10,10 +10,12 @@ zero; the output with `return_sequences=False` is the output of the last real st
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import UninitializedParameter
 
 from longshort._validate import check_sequence, resolve_mask
 from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose
@@ -44,8 +46,9 @@ def _where(step_mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(step_mask.view(-1, *[1] * (new.dim() - 1)), new, old)
 
 
-def _check_state(state: State, expected: State, who: str) -> State:
-    """A user's `initial_state` must have the structure and shapes of the cell's own."""
+def _check_state(state: State, expected: State, who: str, convert: bool = False) -> State:
+    """A user's `initial_state` must have the structure and shapes of the cell's own, and its
+    dtype; with `convert` (under autocast) it is converted to that dtype instead."""
     try:
         pairs = list(zip(flatten_state(state), flatten_state(expected), strict=True))
     except (TypeError, ValueError):
@@ -53,9 +56,17 @@ def _check_state(state: State, expected: State, who: str) -> State:
     for given, want in pairs:
         if given.shape != want.shape:
             raise ValueError(f"{who}: initial_state must look like {_describe(expected)}, got {_describe(state)}")
-        if given.dtype != want.dtype:
+        if given.dtype != want.dtype and not convert:
             raise TypeError(f"{who}: initial_state must have the input's dtype {want.dtype}, got {given.dtype}")
-    return state
+    return map_state(lambda given, want: given.to(want.dtype), state, expected) if convert else state
+
+
+def parameter_dtype(module: nn.Module) -> Optional[torch.dtype]:
+    """The dtype of the module's first floating-point parameter (None if it has none yet)."""
+    for parameter in module.parameters():
+        if parameter.is_floating_point() and not isinstance(parameter, UninitializedParameter):
+            return parameter.dtype
+    return None
 
 
 def _describe(state: State) -> str:
@@ -80,6 +91,16 @@ class RNN(nn.Module):
       `longshort.dispatch`. `dispatch()` tells which path runs and why the others were refused.
       "compiled" (`longshort.compiled`) runs any cell fast; the first call for each batch size
       pays the compile time, reported in `compile_seconds`.
+
+    Dtypes: the layer computes in its parameters' dtype (float64, float32 or bfloat16: `model.double()`,
+    `model.to(torch.bfloat16)`), on every path; an input of another dtype is a TypeError. Under
+    `torch.autocast` the layer is one autocast-excluded op, as torch advises for custom autograd
+    functions (`torch.amp.custom_fwd(cast_inputs=...)`): its input and initial state are converted to
+    the parameters' dtype and the whole recurrence (input projection, recurrent matmuls, gates, state)
+    runs in it, with autocast off; outputs, states and parameter gradients come out in that dtype,
+    the input's gradient in the input's. The reason: the cell state sums T steps of updates, which
+    bfloat16's 8-bit mantissa rounds away (README, "Numerical guards and dtypes", has the figures).
+    The layers around it (Dense, TimeDistributed) follow autocast as torch's Linear does.
     """
 
     accepts_mask = True
@@ -137,7 +158,20 @@ class RNN(nn.Module):
         B, T, _ = x.shape
         mask = resolve_mask(mask, lengths, B, T, x.device)
         self.build(x.shape[-1])
-        state = self._initial_state(initial_state, x, who)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        dtype = parameter_dtype(self.cell) or x.dtype
+        if autocast:
+            x = x.to(dtype)
+        elif x.dtype != dtype:
+            raise TypeError(
+                f"{who} has {dtype} parameters but got a {x.dtype} input: convert one to the other "
+                f"(x.to({dtype}) or model.to({x.dtype})), or run under torch.autocast, which converts the input"
+            )
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            return self._forward(x, initial_state, mask, who, autocast)
+
+    def _forward(self, x: Tensor, initial_state: Optional[State], mask: Optional[Tensor], who: str, autocast: bool):
+        state = self._initial_state(initial_state, x, who, autocast)
         if hasattr(self.cell, "reset_dropout_masks"):
             self.cell.reset_dropout_masks()
 
@@ -205,10 +239,10 @@ class RNN(nn.Module):
                 outputs.append(y)
         return (torch.stack(outputs, dim=1) if self.return_sequences else None), last, state  # (B, T, H)
 
-    def _initial_state(self, initial_state: Optional[State], x: Tensor, who: str) -> State:
+    def _initial_state(self, initial_state: Optional[State], x: Tensor, who: str, convert: bool = False) -> State:
         zeros = self.cell.initial_state(x.shape[0], x)
         if initial_state is not None:
-            return _check_state(initial_state, zeros, who)
+            return _check_state(initial_state, zeros, who, convert)
         if self.stateful and self.state is not None:
             carried = flatten_state(self.state)[0].shape[0]
             if carried != x.shape[0]:

@@ -40,7 +40,7 @@ from longshort.cells import SimpleRNNCell
 from longshort.experiments.base import Experiment, Report, pyplot, save_figure
 from longshort.experiments.tasks import ADDING_BASELINE_MSE, adding_problem
 from longshort.layers import SimpleRNN
-from longshort.training import Clip, History, train_step
+from longshort.training import Clip, History, NonFiniteError, train_step
 from longshort.wrappers import Dense, Sequential
 
 GROWTH_ORDERS = 2  # "grows by orders of magnitude": the largest gradient norm is at least 10^2 x the first
@@ -188,7 +188,10 @@ def train_run(setting: Setting, seed: int, config: ExplodingConfig, bar: tqdm) -
         if step in (0, 1, config.profile_steps):
             profiles[step] = hidden_state_gradient_norms(rnn.cell, head, profile_inputs, profile_targets).tolist()
         inputs, targets = adding_problem(config.batch_size, config.length, batches)  # (B, T, 2), (B, 1)
-        loss = train_step(model, lambda: F.mse_loss(model(inputs), targets), optimizer, clip, history)
+        try:
+            loss = train_step(model, lambda: F.mse_loss(model(inputs), targets), optimizer, clip, history)
+        except NonFiniteError:  # the step is recorded in history, not taken: the run has diverged
+            loss = history.losses[-1]
         bar.update()
         bar.set_postfix_str(f"{setting.label}, seed {seed}: loss {loss:.3g}", refresh=False)
         if has_diverged(loss, history.grad_norms[-1], config.divergence_loss):
