@@ -190,7 +190,7 @@ def test_cli_stops_keeps_the_last_good_epoch_then_resumes_skipping(tmp_path, cap
     steps.extend([1] * 4)
     code, printed, _ = train(capsys, tmp_path, "--epochs=4", "--skip_nonfinite=true")
     assert code == 0 and "Resuming from" in printed
-    assert "Skipped 1 steps with a non-finite loss or gradient (steps 5)." in printed
+    assert "Skipped 1 of 8 steps (a non-finite loss or gradient): 5." in printed
     payload = load_checkpoint(tmp_path)
     assert payload["training"]["epoch"] == 4 and payload["training"]["skipped_steps"] == [5]
     assert payload["config"]["skip_nonfinite"] is True

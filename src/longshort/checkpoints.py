@@ -52,10 +52,8 @@ KINDS = {"series": "a time-series forecaster", "text": "a character language mod
 RESUMABLE_CHANGES = ("epochs", "patience", "threads", "skip_nonfinite")  # config fields a resumed run may change
 
 Batch = tuple[Tensor, Tensor]  # (inputs, targets)
-NONFINITE_ADVICE = (
-    "lower learning_rate or clip_norm (a change that needs --fresh), or skip such steps with --skip_nonfinite=true "
-    "(the config's field skip_nonfinite)"
-)
+NONFINITE_FIX = "lower learning_rate or clip_norm (a change that needs --fresh)"
+NONFINITE_ADVICE = f"{NONFINITE_FIX}, or skip such steps with --skip_nonfinite=true (the config's field skip_nonfinite)"
 
 
 class CheckpointError(ValueError):
@@ -112,7 +110,10 @@ def train_epochs(
     """Train from `state.epoch` up to `epochs` epochs, or until `patience` epochs bring no better
     validation loss (0: never stop early). Calls `save(state)` after every epoch; the model keeps
     its latest weights (the best are in `state.best_weights`). Ctrl-C raises KeyboardInterrupt
-    with the last finished epoch saved."""
+    with the last finished epoch saved. A NaN or infinite loss or gradient raises NonFiniteError
+    (longshort.training's guard) with the step, epoch and batch, or with `loop.skip_nonfinite` the
+    step is skipped (`state.skipped_steps`) until an epoch's worth of steps in a row were; a
+    non-finite validation loss raises too, or with skipping is never the best."""
     generator = torch.Generator()
     if state.shuffle_rng is None:
         generator.manual_seed(loop.seed)
@@ -121,7 +122,6 @@ def train_epochs(
         torch.set_rng_state(state.global_rng)
     model = loop.model
     bar = None
-    skipped_in_a_row = 0
     while not state.finished(epochs):
         started = time.perf_counter()
         model.train()
@@ -136,18 +136,7 @@ def train_epochs(
         for batch, (inputs, targets) in enumerate(batches, 1):
             state.steps += 1
             where = f"step {state.steps} (epoch {state.epoch + 1} of {epochs}, batch {batch} of {len(batches)})"
-            try:
-                loss = train_step(model, lambda: loop.batch_loss(inputs, targets), loop.optimizer, loop.clip, history, loop.skip_nonfinite)
-            except NonFiniteError as error:
-                raise NonFiniteError(f"{error.problem} at {where}: the weights were not updated; {NONFINITE_ADVICE}", error.problem, state.steps) from None
-            if history.skipped[-1:] == [batch]:  # train_step skipped it
-                state.skipped_steps.append(state.steps)
-                skipped_in_a_row += 1
-            else:
-                skipped_in_a_row = 0
-            if skipped_in_a_row >= len(batches):
-                problem = f"the last {len(batches)} steps (an epoch's worth) all had a non-finite loss or gradient and were skipped"
-                raise NonFiniteError(f"{problem}, up to {where}: giving up; {NONFINITE_ADVICE}", problem, state.steps)
+            loss = _guarded_step(loop, inputs, targets, history, state, where, give_up_after=len(batches))
             bar.update(len(inputs) * loop.items_per_sequence)
             bar.set_postfix_str(f"epoch {state.epoch + 1}/{epochs} loss {loss:.4f}{_skipped(state)}", refresh=False)
         model.eval()
@@ -175,12 +164,29 @@ def train_epochs(
     return state
 
 
+def _guarded_step(loop: EpochLoop, inputs: Tensor, targets: Tensor, history: History, state: TrainingState, where: str,
+                  give_up_after: int) -> float:
+    """`train_step` on one batch, with the step's place in the run (`where`) in its NonFiniteError.
+    A step it skips goes into `state.skipped_steps`; `give_up_after` skipped in a row raise."""
+    try:
+        loss = train_step(loop.model, lambda: loop.batch_loss(inputs, targets), loop.optimizer, loop.clip, history, loop.skip_nonfinite)
+    except NonFiniteError as error:
+        raise NonFiniteError(f"{error.problem} at {where}: the weights were not updated; {NONFINITE_ADVICE}", error.problem, state.steps) from None
+    if history.skipped[-1:] == [len(history.losses)]:  # train_step skipped this step
+        state.skipped_steps.append(state.steps)
+        if state.skipped_steps[-give_up_after:] == list(range(state.steps - give_up_after + 1, state.steps + 1)):
+            problem = f"the last {give_up_after} steps (an epoch's worth) all had a non-finite loss or gradient and were skipped"
+            raise NonFiniteError(f"{problem}, up to {where}: giving up; {NONFINITE_FIX}", problem, state.steps)
+    return loss
+
+
 def _skipped(state: TrainingState) -> str:
     """The progress bar's note of skipped steps, if any."""
     return f" skipped {len(state.skipped_steps)} non-finite steps" if state.skipped_steps else ""
 
 
 def _steps(numbers: list[int], shown: int = 10) -> str:
+    """The first `shown` step numbers, and how many more."""
     return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
 
 
@@ -211,7 +217,7 @@ def fit(
     with long_lag_cpu(config.threads):
         state = train_epochs(loop, state, config.epochs, config.patience, save, progress, description)
         if state.skipped_steps:
-            echo(f"Skipped {len(state.skipped_steps)} steps with a non-finite loss or gradient (steps {_steps(state.skipped_steps)}).")
+            echo(f"Skipped {len(state.skipped_steps)} of {state.steps} steps (a non-finite loss or gradient): {_steps(state.skipped_steps)}.")
         latest = {name: tensor.detach().clone() for name, tensor in loop.model.state_dict().items()}
         if state.best_weights is not None:
             loop.model.load_state_dict(state.best_weights)

@@ -40,24 +40,19 @@ class Clip:
                 raise ValueError(f"Clip.{name} must be positive, got {value}")
 
 
-def _norm_of_gradients(parameters: Iterable[Tensor]) -> Tensor:
-    """The global L2 norm of the gradients of `parameters` (those that have one), as a tensor: no sync."""
-    norms = [
-        torch.linalg.vector_norm(p.grad, dtype=torch.promote_types(p.grad.dtype, torch.float32))  # float16's would overflow
-        for p in parameters
-        if p.grad is not None
-    ]
-    if not norms:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([norm.to(torch.float64) for norm in norms]))
-
-
 def gradient_norm(parameters: Iterable[Tensor]) -> float:
     """The global L2 norm of the gradients of `parameters` (those that have one)."""
-    return float(_norm_of_gradients(parameters))
+    grads = [p.grad if p.grad.dtype != torch.float16 else p.grad.float() for p in parameters if p.grad is not None]
+    norms = [torch.linalg.vector_norm(grad) for grad in grads]  # float16's norm would overflow: float32 for it
+    if not norms:
+        return 0.0
+    if any(norm.dtype != norms[0].dtype for norm in norms):  # parameters of several dtypes
+        norms = [norm.to(torch.float64) for norm in norms]
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
 def _clip_in_place(parameters: list[Tensor], clip: Clip) -> None:
+    """Clip the gradients as `clip` says: by value, then by global norm."""
     if clip.max_value is not None:
         nn.utils.clip_grad_value_(parameters, clip.max_value)
     if clip.max_norm is not None:
@@ -110,8 +105,8 @@ def train_step(
 ) -> float:
     """One optimizer step on the loss `loss_fn()` computes; records loss and gradient norm in `history`.
 
-    Guard: the loss and the global gradient norm are checked before clipping and the optimizer
-    step (one sync, which the norm needed anyway). If either is NaN or infinite the step is not
+    Guard: the loss and the global gradient norm, which are read anyway (to return and record),
+    are checked before clipping and the optimizer step. If either is NaN or infinite the step is not
     taken, so the weights keep their values: by default a `NonFiniteError` says what went
     non-finite (the loss, or which parameters' gradients) and at which step (counted by
     `history`); with `skip_nonfinite` the gradients are dropped, the step number goes into
@@ -122,7 +117,7 @@ def train_step(
     loss = loss_fn()
     loss.backward()
     parameters = [p for p in model.parameters() if p.grad is not None]
-    value, norm = torch.stack([loss.detach().to(torch.float64).reshape(()), _norm_of_gradients(parameters)]).tolist()
+    value, norm = float(loss.detach()), gradient_norm(parameters)  # the two reads it always made: the guard adds none
     if history is not None:
         history.record(value, norm)
     if not (math.isfinite(value) and math.isfinite(norm)):
