@@ -15,6 +15,7 @@ import longshort as ls
 import longshort.checkpoints as checkpoints
 from longshort.checkpoints import EpochLoop, TrainingState, load_checkpoint, train_epochs
 from longshort.cli import config_from_overrides, main
+from longshort.charmodel import CharModel
 from longshort.forecasting import Forecaster
 
 
@@ -151,12 +152,16 @@ def test_a_non_finite_validation_loss_stops_or_is_never_the_best():
 # ------------------------------------------------------------------ longshort train
 
 
-def train(capsys, out, *options):
-    """`longshort train` on a small sine series, written into `out`, with a tiny model: (exit code, stdout, stderr)."""
+def train(capsys, out, *options, kind="series"):
+    """`longshort train` with a tiny model on a small sine series or text, written into `out`: (exit code, stdout, stderr)."""
     out.mkdir(exist_ok=True)
-    series = out / "series.csv"
-    series.write_text("year,v\n" + "".join(f"{2000 + t},{math.sin(t / 3):.4f}\n" for t in range(60)))
-    code = main(["train", str(series), "--out", str(out), "--units=4", "--lookback=6", "--no-progress", *options])
+    if kind == "series":
+        data, tiny = out / "series.csv", ["--lookback=6"]
+        data.write_text("year,v\n" + "".join(f"{2000 + t},{math.sin(t / 3):.4f}\n" for t in range(60)))
+    else:  # 504 characters to train on: 2 batches of sequences of 10 an epoch
+        data, tiny = out / "book.txt", ["--text", "--seq_len=10", "--embedding=4"]
+        data.write_text("a small text to learn from. " * 20)
+    code = main(["train", str(data), "--out", str(out), "--units=4", "--no-progress", *tiny, *options])
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
     return code, captured.out, captured.err
@@ -169,7 +174,8 @@ def test_cli_a_huge_learning_rate_exits_non_zero_with_the_message(tmp_path, caps
                         r"lower learning_rate or clip_norm .* --skip_nonfinite=true .*\.\n", err), err
 
 
-def test_cli_stops_keeps_the_last_good_epoch_then_resumes_skipping(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("kind", ["series", "text"])
+def test_cli_stops_keeps_the_last_good_epoch_then_resumes_skipping(tmp_path, capsys, monkeypatch, kind):
     real_step = checkpoints.train_step
     steps = []
 
@@ -178,17 +184,20 @@ def test_cli_stops_keeps_the_last_good_epoch_then_resumes_skipping(tmp_path, cap
         return real_step(model, (lambda: loss_fn() * math.nan) if len(steps) == 5 else loss_fn, *rest)
 
     monkeypatch.setattr(checkpoints, "train_step", nan_at_step_5)
-    code, _, err = train(capsys, tmp_path, "--epochs=4")
+    code, _, err = train(capsys, tmp_path, "--epochs=4", kind=kind)
     assert code == 3 and err.startswith("longshort train: the loss is nan at step 5 (epoch 3 of 4, batch 1 of 2)")
     assert err.rstrip().endswith(f"{tmp_path / 'checkpoint.pt'} keeps the last finished epoch.")
     payload = load_checkpoint(tmp_path)
     assert payload["training"]["epoch"] == 2
     assert all(torch.isfinite(tensor).all() for tensor in payload["model"].values())
-    assert all(math.isfinite(value) for value in Forecaster.load(tmp_path).forecast(3).values)  # it loads and forecasts
+    if kind == "series":  # it loads and forecasts
+        assert all(math.isfinite(value) for value in Forecaster.load(tmp_path).forecast(3).values)
+    else:  # it loads and writes
+        assert len(CharModel.load(tmp_path).generate("a", 20, 0.8, 0)) == 20
 
     steps.clear()  # the resumed run meets the NaN at its first step, step 5 of the run
     steps.extend([1] * 4)
-    code, printed, _ = train(capsys, tmp_path, "--epochs=4", "--skip_nonfinite=true")
+    code, printed, _ = train(capsys, tmp_path, "--epochs=4", "--skip_nonfinite=true", kind=kind)
     assert code == 0 and "Resuming from" in printed
     assert "Skipped 1 of 8 steps (a non-finite loss or gradient): 5." in printed
     payload = load_checkpoint(tmp_path)
