@@ -4,7 +4,9 @@ Their parameters live in `.cell`, so `LSTM(32)` and `RNN(LSTMCell(32))` have the
 `state_dict` keys (`cell.weight_ih`, `cell.weight_hh`, `cell.bias`) and outputs, and run
 the same path (`implementation`, see `longshort.dispatch`). What a layer adds:
 `from_torch` / `to_torch`, which convert single-layer, one-direction `torch.nn` modules
-(`LayerNormLSTM` has no `torch.nn` counterpart).
+(`LayerNormLSTM` has no `torch.nn` counterpart). Dtypes, as for any `RNN`: a layer computes in its
+parameters' dtype (float64, float32, bfloat16) on every path; under `torch.autocast` it converts
+its input and runs in that dtype with autocast off (float32 inside: see `RNN`).
 """
 
 from __future__ import annotations
