@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from longshort._validate import check_sequence, resolve_mask
+from longshort._validate import check_flag, check_input_dtype, check_sequence, resolve_mask
 from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ def flatten_state(state: State) -> tuple[Tensor, ...]:
     """`h` -> `(h,)`; `LSTMState(h, c)` -> `(h, c)`."""
     if isinstance(state, Tensor):
         return (state,)
+    if not isinstance(state, (tuple, list)):
+        raise TypeError(f"a state is a tensor or a tuple of tensors, got {type(state).__name__}")
     return tuple(leaf for part in state for leaf in flatten_state(part))
 
 
@@ -98,10 +100,10 @@ class RNN(nn.Module):
             if not callable(getattr(cell, method, None)):
                 raise TypeError(f"{type(cell).__name__} is not a cell: it has no {method}() (see longshort.cells for the protocol)")
         self.cell = cell
-        self.return_sequences = return_sequences
-        self.return_state = return_state
-        self.go_backwards = go_backwards
-        self.stateful = stateful
+        self.return_sequences = check_flag("return_sequences", return_sequences)
+        self.return_state = check_flag("return_state", return_state)
+        self.go_backwards = check_flag("go_backwards", go_backwards)
+        self.stateful = check_flag("stateful", stateful)
         self.state: Optional[State] = None  # the carried state when stateful
         self.implementation = check_implementation(implementation)
         self.last_dispatch: Optional[Dispatch] = None
@@ -137,6 +139,9 @@ class RNN(nn.Module):
         B, T, _ = x.shape
         mask = resolve_mask(mask, lengths, B, T, x.device)
         self.build(x.shape[-1])
+        check_input_dtype(x, self.cell, who)
+        if mask is not None:  # what padding holds (NaN, say) then reaches no output and no gradient, weights' included
+            x = x.masked_fill(~mask[..., None], 0.0)
         state = self._initial_state(initial_state, x, who)
         if hasattr(self.cell, "reset_dropout_masks"):
             self.cell.reset_dropout_masks()
