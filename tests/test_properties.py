@@ -27,7 +27,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import event, given, settings
@@ -54,12 +53,17 @@ def examples(ci: int) -> settings:
     return settings(max_examples=max(1, ci * settings.default.max_examples // 100))
 
 
-TOLERANCE = {torch.float32: 2e-5, torch.float64: 1e-10}  # relative, and absolute per unit of magnitude
+# Absolute, per unit of the largest expected value; relative: 10 times that. float32's for the layer-norm cells
+# is 25 times larger: normalising the cell over few units amplifies rounding up to 1 / sqrt(epsilon) = 316 times.
+TOLERANCE = {torch.float32: 2e-5, torch.float64: 1e-10}
+LAYER_NORM_FLOAT32 = 5e-4
 
 
-def assert_same(got: Tensor, want: Tensor, dtype: torch.dtype, what: str) -> None:
+def assert_same(got: Tensor, want: Tensor, config: "Config", what: str) -> None:
     """Equal up to rounding: rtol, and an atol scaled by the larger of 1 and the largest |want|."""
-    tol = TOLERANCE[dtype]
+    tol = TOLERANCE[config.dtype]
+    if config.dtype == torch.float32 and config.kind.startswith("LayerNorm"):
+        tol = LAYER_NORM_FLOAT32
     scale = 1.0 if want.numel() == 0 else max(1.0, float(want.detach().abs().max()))
     torch.testing.assert_close(got, want, rtol=tol * 10, atol=tol * scale, msg=lambda m: f"{what}: {m}")
 
@@ -276,7 +280,7 @@ def test_every_path_equals_the_loop(kind: str, data, stateful: bool, with_initia
     refused = set(config.dispatch(probe, masked=bool(call)).refused)
     refused |= set(config.dispatch(probe.train(), masked=False).refused)  # what naming a path refuses at construction
     paths = [path for path in ("vendor", "fused") if path not in refused]
-    assert paths or bool(call) or config.recurrent_dropout, f"{config.kind} has no fast path: {refused}"
+    assert "fused" in paths, f"{config.kind}: the fused kernel refused {call}: {refused}"  # it takes every option
     paths.append("auto")  # in eval mode with recurrent dropout, the only way to the vendor kernel
     xs = [laid_out(config.inputs(offset=k), layout) for k in range(2 if stateful else 1)]
     initial_state = config.initial_state(reference) if with_initial_state else None
@@ -285,11 +289,13 @@ def test_every_path_equals_the_loop(kind: str, data, stateful: bool, with_initia
         layer = config.layer(path, stateful)
         layer.load_state_dict(reference.state_dict())
         returned, grads = run_calls(layer, config, xs, call, initial_state)
-        event(f"{path} ran {config.dispatch(layer, bool(call)).implementation}")
+        ran = (layer.forward_layer if config.bidirectional else layer).last_dispatch.implementation
+        assert ran == path or path == "auto"
+        event(f"{path} ran {ran}")
         for index, (got, want) in enumerate(zip(returned, want_returned, strict=True)):
-            assert_same(got, want, config.dtype, f"{path}: returned tensor {index}")
+            assert_same(got, want, config, f"{path}: returned tensor {index}")
         for index, (got, want) in enumerate(zip(grads, want_grads, strict=True)):
-            assert_same(got, want, config.dtype, f"{path}: gradient {index} (inputs, initial state, parameters)")
+            assert_same(got, want, config, f"{path}: gradient {index} (inputs, initial state, parameters)")
 
 
 # -- a masked batch equals each sequence alone ------------------------------------------------------------
@@ -353,16 +359,16 @@ def test_a_masked_batch_equals_each_sequence_alone(kind: str, data, with_initial
     for row in range(config.batch):
         want, want_grads = expected_alone(layer, config, x, initial_state, row, real[row], cots)
         for index, (got, expected) in enumerate(zip(returned, want, strict=True)):
-            assert_same(got[row], expected, config.dtype, f"row {row}, returned tensor {index}")
-        assert_same(grads[0][row], want_grads[0], config.dtype, f"row {row}: gradient of the input")
+            assert_same(got[row], expected, config, f"row {row}, returned tensor {index}")
+        assert_same(grads[0][row], want_grads[0], config, f"row {row}: gradient of the input")
         if with_initial_state:
             for index, (got, expected) in enumerate(zip(grads[1 : 1 + n_states], want_grads[1 : 1 + n_states])):
-                assert_same(got[row], expected, config.dtype, f"row {row}: gradient of initial state {index}")
+                assert_same(got[row], expected, config, f"row {row}: gradient of initial state {index}")
         for total, part in zip(parameter_grads, want_grads[1 + n_states :]):
             if part is not None:
                 total += part
     for index, (got, expected) in enumerate(zip(grads[1 + len(leaves(given_state)) :], parameter_grads, strict=True)):
-        assert_same(got, expected, config.dtype, f"gradient of parameter {index}: the batch's against the sum of the rows'")
+        assert_same(got, expected, config, f"gradient of parameter {index}: the batch's against the sum of the rows'")
 
 
 # -- stateful calls equal one call on the joined sequence ----------------------------------------------------
@@ -389,11 +395,11 @@ def test_stateful_calls_equal_one_call_on_the_joined_sequence(kind: str, second_
         output_1, *_ = stateful(first, **first_call)
         output_2, *state = stateful(second, **second_call)
         output, *want_state = config.layer()(joined_x, **joined_call)
-        assert_same(torch.cat([output_1, output_2], dim=1), output, config.dtype, "outputs of both calls")
+        assert_same(torch.cat([output_1, output_2], dim=1), output, config, "outputs of both calls")
         for got, want in zip(state, want_state, strict=True):
-            assert_same(got, want, config.dtype, "final state")
+            assert_same(got, want, config, "final state")
         stateful.reset_states()
-        assert_same(stateful(first, **first_call)[0], output_1, config.dtype, "after reset_states()")
+        assert_same(stateful(first, **first_call)[0], output_1, config, "after reset_states()")
 
 
 # -- NaN and Inf -------------------------------------------------------------------------------------------
@@ -423,11 +429,11 @@ def test_nan_and_inf_stay_in_their_sequence(kind: str, data, value: float):
     kept = [b for b in range(config.batch) if b not in hit_rows]
     for index, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g.shape == w.shape
-        assert_same(g[kept], w[kept], config.dtype, f"returned tensor {index}, rows without NaN / Inf at real steps")
-    assert_same(got_grads[0][kept], want_grads[0][kept], config.dtype, "input gradient of the clean rows")
+        assert_same(g[kept], w[kept], config, f"returned tensor {index}, rows without NaN / Inf at real steps")
+    assert_same(got_grads[0][kept], want_grads[0][kept], config, "input gradient of the clean rows")
     if not hit_rows:
         for index, (g, w) in enumerate(zip(got_grads, want_grads, strict=True)):
-            assert_same(g, w, config.dtype, f"gradient {index} with NaN / Inf only in padding")
+            assert_same(g, w, config, f"gradient {index} with NaN / Inf only in padding")
 
 
 # -- invalid inputs raise clear errors -----------------------------------------------------------------------
