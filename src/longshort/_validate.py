@@ -29,7 +29,10 @@ def resolve_mask(mask: Optional[Tensor], lengths: Optional[Tensor], batch: int, 
     if mask is not None and lengths is not None:
         raise ValueError("pass either mask= or lengths=, not both")
     if lengths is not None:
-        lengths = torch.as_tensor(lengths, device=device)
+        try:
+            lengths = torch.as_tensor(lengths, device=device)
+        except (TypeError, ValueError, RuntimeError):  # a string, None, ragged lists: torch's message names none of it
+            raise TypeError(f"lengths must hold integers, one per sequence, got {type(lengths).__name__} {lengths!r:.40}") from None
         if lengths.is_floating_point() or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
         if lengths.shape != (batch,):
@@ -48,3 +51,11 @@ def resolve_mask(mask: Optional[Tensor], lengths: Optional[Tensor], batch: int, 
             raise TypeError(f"mask must be boolean (or integer 0/1), got {mask.dtype}; use mask.bool()")
         mask = mask.bool()
     return mask.to(device)
+
+
+def check_flag(name: str, value: bool) -> bool:
+    """An on/off option must be a bool: a string such as "False" would silently count as on."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+

@@ -62,12 +62,15 @@ Deviations from the papers, on purpose
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from longshort._lazy import LazyInput, check_size
+from longshort._validate import check_flag
 from longshort.activations import ActivationSpec, get_activation
 from longshort.fused_gru import gru_recurrence
 from longshort.fused_lstm import lstm_recurrence
@@ -86,6 +89,8 @@ class LSTMState(NamedTuple):
 
 
 def _check_rate(name: str, rate: float) -> float:
+    if not isinstance(rate, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1), got {rate!r}")
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"{name} must lie in [0, 1), got {rate}")
     return float(rate)
@@ -116,7 +121,7 @@ class Cell(LazyInput):
         self.units = units
         self.input_size = input_size
         self.activation = get_activation(activation)
-        self.use_bias = use_bias
+        self.use_bias = check_flag("use_bias", use_bias)
         self.dropout = _check_rate("dropout", dropout)
         self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
         self.kernel_initializer = kernel_initializer
@@ -328,11 +333,9 @@ class LSTMCell(Cell):
             recurrent_dropout=recurrent_dropout, kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
         )
-        if not isinstance(peephole, bool):
-            raise ValueError(f"peephole must be True or False, got {peephole!r}")
         self.recurrent_activation = get_activation(recurrent_activation)
-        self.unit_forget_bias = unit_forget_bias
-        self.peephole = peephole
+        self.unit_forget_bias = check_flag("unit_forget_bias", unit_forget_bias)
+        self.peephole = check_flag("peephole", peephole)
         self.zoneout = _check_rate("zoneout", zoneout)
         self.bias = nn.Parameter(torch.empty(4 * units)) if use_bias else None
         self.weight_ci = nn.Parameter(torch.zeros(units)) if peephole else None
@@ -547,7 +550,9 @@ class LayerNormLSTMCell(LSTMCell):
             units, input_size, use_bias=use_bias, unit_forget_bias=unit_forget_bias, dropout=dropout,
             recurrent_dropout=recurrent_dropout, zoneout=zoneout,
         )
-        self.epsilon = epsilon
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not 0.0 < epsilon < math.inf:
+            raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+        self.epsilon = float(epsilon)
         self.gain_ih = nn.Parameter(torch.ones(4 * units))
         self.gain_hh = nn.Parameter(torch.ones(4 * units))
         self.gain_c = nn.Parameter(torch.ones(units))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 
-from longshort._validate import check_sequence, resolve_mask
+from longshort._validate import check_flag, check_sequence, resolve_mask
 from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ def flatten_state(state: State) -> tuple[Tensor, ...]:
     """`h` -> `(h,)`; `LSTMState(h, c)` -> `(h, c)`."""
     if isinstance(state, Tensor):
         return (state,)
+    if not isinstance(state, (tuple, list)):
+        raise TypeError(f"a state is a tensor or a tuple of tensors, got {type(state).__name__}")
     return tuple(leaf for part in state for leaf in flatten_state(part))
 
 
@@ -119,10 +121,10 @@ class RNN(nn.Module):
             if not callable(getattr(cell, method, None)):
                 raise TypeError(f"{type(cell).__name__} is not a cell: it has no {method}() (see longshort.cells for the protocol)")
         self.cell = cell
-        self.return_sequences = return_sequences
-        self.return_state = return_state
-        self.go_backwards = go_backwards
-        self.stateful = stateful
+        self.return_sequences = check_flag("return_sequences", return_sequences)
+        self.return_state = check_flag("return_state", return_state)
+        self.go_backwards = check_flag("go_backwards", go_backwards)
+        self.stateful = check_flag("stateful", stateful)
         self.state: Optional[State] = None  # the carried state when stateful
         self.implementation = check_implementation(implementation)
         self.last_dispatch: Optional[Dispatch] = None
@@ -171,6 +173,8 @@ class RNN(nn.Module):
             return self._forward(x, initial_state, mask, who, autocast)
 
     def _forward(self, x: Tensor, initial_state: Optional[State], mask: Optional[Tensor], who: str, autocast: bool):
+        if mask is not None:  # what padding holds (NaN, say) then reaches no output and no gradient, weights' included
+            x = x.masked_fill(~mask[..., None], 0.0)
         state = self._initial_state(initial_state, x, who, autocast)
         if hasattr(self.cell, "reset_dropout_masks"):
             self.cell.reset_dropout_masks()

@@ -122,7 +122,7 @@ class Bidirectional(nn.Module):
         super().__init__()
         if not isinstance(layer, RNN):
             raise TypeError(f"Bidirectional wraps a longshort RNN layer, got {type(layer).__name__}")
-        if merge_mode not in MERGE_MODES:
+        if not (merge_mode is None or isinstance(merge_mode, str)) or merge_mode not in MERGE_MODES:
             raise ValueError(f"merge_mode must be one of {list(MERGE_MODES)}, got {merge_mode!r}")
         if layer.stateful:
             raise ValueError("Bidirectional does not take a stateful layer: the backward pass needs the whole sequence")
@@ -142,6 +142,8 @@ class Bidirectional(nn.Module):
         lengths: Optional[Tensor] = None,
     ):
         check_sequence(x, "Bidirectional")
+        if initial_state is not None and not (isinstance(initial_state, (tuple, list)) and len(initial_state) == 2):
+            raise ValueError(f"Bidirectional: initial_state must be a pair (forward_state, backward_state), got {type(initial_state).__name__}")
         forward_state, backward_state = (None, None) if initial_state is None else initial_state
         forward_out = self.forward_layer(x, forward_state, mask=mask, lengths=lengths)
         backward_out = self.backward_layer(x, backward_state, mask=mask, lengths=lengths)
