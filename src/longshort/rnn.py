@@ -162,13 +162,21 @@ class RNN(nn.Module):
         None when not needed), the last output (of the last real step), and the final state."""
         self.last_dispatch = self.dispatch(masked=mask is not None)
         path = self.last_dispatch.implementation
+        if path == "loop":
+            return self.run_loop(x, state, mask)
+        return self.run_kernel(path, x, state, mask)
+
+    @torch.compiler.disable
+    def run_kernel(self, path: str, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
+        """The vendor, fused or compiled path. Inside `torch.compile` they run as they do eagerly, between
+        two graph breaks: dynamo cannot trace the fused kernels' loops (they run under inference_mode),
+        Inductor fails on torch's LSTM kernel as called here (torch 2.13), and the compiled path
+        compiles itself. The loop path, plain torch ops, is traced (unrolled over T)."""
         if path == "vendor":
             return self.cell.run_vendor(x, state)
         if path == "fused":
             return self.cell.run_fused(x, state, mask)
-        if path == "compiled":
-            return self.run_compiled(x, state, mask)
-        return self.run_loop(x, state, mask)
+        return self.run_compiled(x, state, mask)
 
     def run_compiled(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, State]:
         """The compiled path (`longshort.compiled`); a cell it cannot run raises a ValueError saying why."""
