@@ -260,6 +260,8 @@ def test_cli_export_refusals(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nowhere"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("longshort export: no checkpoint at") and "Traceback" not in err
+    assert main(["export", str(tmp_path / "nowhere"), "--torchscript", str(tmp_path / "missing" / "x.pt")]) == 2
+    assert capsys.readouterr().err == f"longshort export: no such folder: {tmp_path / 'missing'}\n"
 
 
 # -- torch.compile --------------------------------------------------------------------------------

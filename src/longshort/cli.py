@@ -282,8 +282,8 @@ def _add_model_commands(commands: argparse._SubParsersAction) -> None:
         "model as codes in, scores and state out (the vocabulary stored with it). See longshort.export.",
     )
     export.add_argument("checkpoint", type=Path, help="checkpoint.pt, or the folder train wrote it to")
-    export.add_argument("--onnx", type=Path, default=None, help="write the ONNX file here (needs the onnx package)")
-    export.add_argument("--torchscript", type=Path, default=None, help="write the TorchScript file here (torch.jit.load reads it)")
+    export.add_argument("--onnx", type=Path, default=None, metavar="FILE", help="write the ONNX file here (needs the onnx package)")
+    export.add_argument("--torchscript", type=Path, default=None, metavar="FILE", help="write the TorchScript file here (torch.jit.load reads it)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

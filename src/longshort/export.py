@@ -105,7 +105,7 @@ def standard_refusal(layer: RNN) -> Optional[str]:
     return cell.torch_refusal()
 
 
-def torch_module(layer: RNN) -> nn.RNNBase:
+def _torch_module(layer: RNN) -> nn.RNNBase:
     """The `torch.nn` module (batch_first) equal to `layer`, a built-in layer or an `RNN` around a built-in cell."""
     if isinstance(layer, TorchLayer):
         return layer.to_torch()
@@ -115,7 +115,7 @@ def torch_module(layer: RNN) -> nn.RNNBase:
     return holder.to_torch()
 
 
-def export_form(layer: RNN, where: str, unroll: bool) -> tuple[nn.Module, bool]:
+def _export_form(layer: RNN, where: str, unroll: bool) -> tuple[nn.Module, bool]:
     """What `layer` (at `where` in the model) becomes in an exported model, and whether it is unrolled.
 
     A ValueError names the layer and the reason when it cannot be exported.
@@ -130,7 +130,7 @@ def export_form(layer: RNN, where: str, unroll: bool) -> tuple[nn.Module, bool]:
         raise ValueError(f"{who} is not built yet: run a batch through the model or call .build(input_size) first")
     reason = standard_refusal(layer)
     if reason is None:
-        module = torch_module(layer)
+        module = _torch_module(layer)
         return StandardLayer(module, layer.return_sequences, layer.return_state, layer.go_backwards), False
     if not unroll:
         raise ValueError(
@@ -142,10 +142,10 @@ def export_form(layer: RNN, where: str, unroll: bool) -> tuple[nn.Module, bool]:
     return unrolled, True
 
 
-def exportable_with_report(model: nn.Module, unroll: bool = False) -> tuple[nn.Module, list[str]]:
+def _exportable_with_report(model: nn.Module, unroll: bool = False) -> tuple[nn.Module, list[str]]:
     """`exportable(model, unroll)` and the layers it unrolled ("layer '0'", "layer 'encoder.lstm'", ...)."""
     if isinstance(model, RNN):
-        form, unrolled = export_form(model, "the layer", unroll)
+        form, unrolled = _export_form(model, "the layer", unroll)
         return form.eval(), (["the layer"] if unrolled else [])
     copied = copy.deepcopy(model).eval()
     unrolled_layers: list[str] = []
@@ -153,7 +153,7 @@ def exportable_with_report(model: nn.Module, unroll: bool = False) -> tuple[nn.M
         for name, child in list(parent.named_children()):
             if isinstance(child, RNN) and not isinstance(parent, RNN):
                 path = f"layer {(f'{where}.{name}' if where else name)!r}"
-                form, unrolled = export_form(child, path, unroll)
+                form, unrolled = _export_form(child, path, unroll)
                 parent.register_module(name, form.eval())
                 if unrolled:
                     unrolled_layers.append(path)
@@ -165,7 +165,7 @@ def exportable(model: nn.Module, unroll: bool = False) -> nn.Module:
     `Sequential`, `Bidirectional`, your own modules) is in its export form: a `StandardLayer`
     where torch.nn has the op, else (with `unroll`) the layer on its readable loop. The
     copy computes what the model computes in evaluation mode, on unpadded batches."""
-    return exportable_with_report(model, unroll)[0]
+    return _exportable_with_report(model, unroll)[0]
 
 
 @contextlib.contextmanager
@@ -223,7 +223,7 @@ def to_onnx(
         raise ImportError("longshort.export.to_onnx needs the onnx package: pip install onnx") from None
     if not isinstance(example_input, Tensor) or example_input.dim() < 2:
         raise ValueError("example_input must be a tensor of shape (batch, time, ...)")
-    form, unrolled = exportable_with_report(model, unroll)
+    form, unrolled = _exportable_with_report(model, unroll)
     if unrolled and dynamic_time:
         raise ValueError(
             f"unrolled over the example's {example_input.shape[1]} time steps ({', '.join(unrolled)}), the ONNX model "
@@ -278,6 +278,9 @@ def export_checkpoint(checkpoint: Path, onnx_path: Optional[Path] = None, torchs
     """
     if onnx_path is None and torchscript_path is None:
         raise ValueError("say where to write the model: --onnx FILE and/or --torchscript FILE")
+    for path in (onnx_path, torchscript_path):
+        if path is not None and path.parent != Path() and not path.parent.is_dir():
+            raise ValueError(f"no such folder: {path.parent}")
     kind = load_checkpoint(checkpoint)["kind"]
     if kind == "series":
         forecaster = Forecaster.load(checkpoint)
@@ -294,9 +297,6 @@ def export_checkpoint(checkpoint: Path, onnx_path: Optional[Path] = None, torchs
         inputs = '"input": character codes (batch, time) int64, a character\'s code its position in the vocabulary'
         outputs = f'"output_0": scores (batch, time, {len(char_model.vocabulary)}) of the next character; "output_1", "output_2": h, c'
     written = []
-    for path in (onnx_path, torchscript_path):
-        if path is not None and path.parent != Path() and not path.parent.is_dir():
-            raise ValueError(f"no such folder: {path.parent}")
     if onnx_path is not None:
         written.append(to_onnx(network, example, onnx_path))
         if extra:
