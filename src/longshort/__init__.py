@@ -30,6 +30,7 @@ from longshort.layers import GRU, LSTM, LayerNormLSTM, SimpleRNN
 from longshort.rnn import RNN
 from longshort.training import Clip, History, NonFiniteError, clip_gradients, gradient_norm, train_step
 from longshort.wrappers import Bidirectional, Dense, Sequential, TimeDistributed
+from longshort import export  # ls.export.to_onnx, to_torchscript, exportable
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,7 @@ __all__ = [
     "bundled_path",
     "clip_gradients",
     "draw_gates",
+    "export",
     "format_forecast_report",
     "format_text_report",
     "get_activation",

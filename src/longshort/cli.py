@@ -8,6 +8,7 @@
     longshort forecast CHECKPOINT [--steps K] [--input CSV] [--plot PNG]
     longshort generate CHECKPOINT [--prompt TEXT] [--length N] [--temperature T] [--seed S]
     longshort gates CHECKPOINT [INPUT] [--range A:B] [--max-units N] [--plot PNG]
+    longshort export CHECKPOINT [--onnx FILE] [--torchscript FILE]
 
 Bad input (a missing or malformed file, a wrong option, an unusable checkpoint) prints
 `longshort COMMAND: what is wrong` on stderr and exits with code 2. A training run stopped
@@ -203,6 +204,19 @@ def _gates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from longshort.export import export_checkpoint
+
+    try:
+        exported = export_checkpoint(args.checkpoint, args.onnx, args.torchscript)
+    except ImportError as missing:  # onnx is not installed: its message says what to install
+        raise ValueError(str(missing)) from None
+    for path in exported.written:
+        print(f"Wrote {path}")
+    print(f"Input {exported.inputs}.\nOutput {exported.outputs}.")
+    return 0
+
+
 def _parse_range(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     if text is None:
         return None, None
@@ -267,6 +281,16 @@ def _add_model_commands(commands: argparse._SubParsersAction) -> None:
     gates.add_argument("--max-units", type=int, default=64, help="draw at most this many units (default 64)")
     gates.add_argument("--plot", type=Path, default=None, help="the PNG (default gates.png beside the checkpoint)")
 
+    export = commands.add_parser(
+        "export", allow_abbrev=False, help="write a trained checkpoint's model as ONNX and/or TorchScript",
+        description="The model with its best weights, in evaluation mode, for any batch size and length: a forecaster "
+        "with its scaling built in (windows in the data's units in, forecasts in the target's units out), a character "
+        "model as codes in, scores and state out (the vocabulary stored with it). See longshort.export.",
+    )
+    export.add_argument("checkpoint", type=Path, help="checkpoint.pt, or the folder train wrote it to")
+    export.add_argument("--onnx", type=Path, default=None, metavar="FILE", help="write the ONNX file here (needs the onnx package)")
+    export.add_argument("--torchscript", type=Path, default=None, metavar="FILE", help="write the TorchScript file here (torch.jit.load reads it)")
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="longshort", description="LSTM networks as taught, on PyTorch.")
@@ -300,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"unknown arguments: {' '.join(overrides)} (see longshort {args.command} --help)")
         if args.command == "train":
             return _train(args, overrides)
-        return {"forecast": _forecast, "generate": _generate, "gates": _gates}[args.command](args)
+        return {"forecast": _forecast, "generate": _generate, "gates": _gates, "export": _export}[args.command](args)
     except (ValueError, OSError) as error:
         print(f"longshort {args.command}: {error}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ zero; the output with `return_sequences=False` is the output of the last real st
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +77,19 @@ def _describe(state: State) -> str:
     if isinstance(state, (tuple, list)):
         return f"{type(state).__name__} of " + ", ".join(_describe(s) for s in state)
     return type(state).__name__
+
+
+_OUTSIDE_THE_GRAPH: dict[Callable, Callable] = {}
+
+
+def outside_the_graph(fn: Callable) -> Callable:
+    """`fn` as `torch.compiler.disable` makes it: torch.compile runs it as in eager mode, between two
+    graph breaks. Made at the first call under torch.compile, not at import: making it imports
+    torch._dynamo, which would triple the time `import longshort` takes."""
+    disabled = _OUTSIDE_THE_GRAPH.get(fn)
+    if disabled is None:
+        disabled = _OUTSIDE_THE_GRAPH[fn] = torch.compiler.disable(fn)
+    return disabled
 
 
 class RNN(nn.Module):
@@ -200,13 +213,22 @@ class RNN(nn.Module):
         None when not needed), the last output (of the last real step), and the final state."""
         self.last_dispatch = self.dispatch(masked=mask is not None)
         path = self.last_dispatch.implementation
+        if path == "loop":
+            return self.run_loop(x, state, mask)
+        if torch.compiler.is_compiling():
+            return outside_the_graph(RNN.run_kernel)(self, path, x, state, mask)
+        return self.run_kernel(path, x, state, mask)
+
+    def run_kernel(self, path: str, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
+        """The vendor, fused or compiled path. Inside `torch.compile` they run as they do eagerly, between
+        two graph breaks (`outside_the_graph`): dynamo cannot trace the fused kernels' loops (they run
+        under inference_mode), Inductor fails on torch's LSTM kernel as called here (torch 2.13), and
+        the compiled path compiles itself. The loop path, plain torch ops, is traced (unrolled over T)."""
         if path == "vendor":
             return self.cell.run_vendor(x, state)
         if path == "fused":
             return self.cell.run_fused(x, state, mask)
-        if path == "compiled":
-            return self.run_compiled(x, state, mask)
-        return self.run_loop(x, state, mask)
+        return self.run_compiled(x, state, mask)
 
     def run_compiled(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, State]:
         """The compiled path (`longshort.compiled`); a cell it cannot run raises a ValueError saying why."""
