@@ -484,7 +484,7 @@ def non_float_input(data, config: Config) -> Bad:
 
 def other_float_dtype(data, config: Config) -> Bad:
     dtype = data.draw(st.sampled_from([d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64) if d != config.dtype]))
-    return Bad(_call(config, x=config.inputs().to(dtype)), TypeError, re.escape(f"{config.dtype} weights, got a {dtype} input"))
+    return Bad(_call(config, x=config.inputs().to(dtype)), TypeError, re.escape(f"{config.dtype} parameters but got a {dtype} input"))
 
 
 def empty_input(data, config: Config) -> Bad:
