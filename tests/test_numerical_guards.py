@@ -112,7 +112,7 @@ def epoch_loop(model, validation=lambda: 1.0, skip_nonfinite=False, nan_batches=
 
     return EpochLoop(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), epoch_batches=epoch_batches,
-        batch_loss=lambda x, y: F.mse_loss(model(x), y), validation_loss=validation, clip=ls.Clip(max_norm=1.0),
+        batch_loss=lambda trained, x, y: F.mse_loss(trained(x), y), validation_loss=validation, clip=ls.Clip(max_norm=1.0),
         seed=0, unit="seq", skip_nonfinite=skip_nonfinite,
     )
 

@@ -13,6 +13,7 @@ from longshort.cells import Cell, GRUCell, LayerNormLSTMCell, LSTMCell, LSTMStat
 from longshort.charmodel import CharModel, TextConfig, train_char_model
 from longshort.charmodel import format_report as format_text_report
 from longshort.checkpoints import CheckpointError, load_checkpoint
+from longshort.distributed import DistributedError, Replicas, process_group
 from longshort.datasets import bundled_path, kjv_text, read_text_file, sunspots_yearly
 from longshort.forecasting import (
     Forecast,
@@ -42,6 +43,7 @@ __all__ = [
     "Cell",
     "Clip",
     "Dense",
+    "DistributedError",
     "Forecast",
     "Forecaster",
     "GRU",
@@ -54,6 +56,7 @@ __all__ = [
     "LSTMState",
     "NonFiniteError",
     "RNN",
+    "Replicas",
     "Sequential",
     "SeriesConfig",
     "SeriesData",
@@ -76,6 +79,7 @@ __all__ = [
     "plot_gates",
     "plot_learning_curves",
     "plot_test",
+    "process_group",
     "read_series_csv",
     "read_text_file",
     "sunspots_yearly",

@@ -251,8 +251,8 @@ def train_char_model(
         order = torch.randperm(chunks, generator=generator).split(config.batch_size)
         return [(inputs[batch], targets[batch]) for batch in order]
 
-    def batch_bits(inputs: Tensor, targets: Tensor) -> Tensor:
-        scores, _ = network(inputs)  # (B, T, V)
+    def batch_bits(trained: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        scores, _ = trained(inputs)  # (B, T, V)
         return F.cross_entropy(scores.flatten(0, 1), targets.flatten()) / LN2
 
     loop = EpochLoop(

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from longshort.distributed import Replicas, process_group
 from longshort.experiments.tasks import long_lag_cpu
 from longshort.training import Clip, History, NonFiniteError, train_step
 
@@ -89,7 +90,7 @@ class EpochLoop:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     epoch_batches: Callable[[torch.Generator], list[Batch]]  # one epoch of shuffled batches
-    batch_loss: Callable[[Tensor, Tensor], Tensor]  # (inputs, targets) -> loss to minimise
+    batch_loss: Callable[[nn.Module, Tensor, Tensor], Tensor]  # (model, inputs, targets) -> mean loss over the rows
     validation_loss: Callable[[], float]  # run in eval mode without gradients
     clip: Clip
     seed: int  # seeds the batch order of a fresh run
@@ -106,6 +107,7 @@ def train_epochs(
     save: Callable[[TrainingState], None],
     progress: bool,
     description: str,
+    replicas: Replicas = Replicas(),
 ) -> TrainingState:
     """Train from `state.epoch` up to `epochs` epochs, or until `patience` epochs bring no better
     validation loss (0: never stop early). Calls `save(state)` after every epoch; the model keeps
@@ -113,14 +115,15 @@ def train_epochs(
     with the last finished epoch saved. A NaN or infinite loss or gradient raises NonFiniteError
     (longshort.training's guard) with the step, epoch and batch, or with `loop.skip_nonfinite` the
     step is skipped (`state.skipped_steps`) until an epoch's worth of steps in a row were; a
-    non-finite validation loss raises too, or with skipping is never the best."""
+    non-finite validation loss raises too, or with skipping is never the best. With several
+    `replicas` (longshort.distributed) each process trains on its shard of every batch."""
     generator = torch.Generator()
     if state.shuffle_rng is None:
         generator.manual_seed(loop.seed)
     else:
         generator.set_state(state.shuffle_rng)
         torch.set_rng_state(state.global_rng)
-    model = loop.model
+    model, trained = loop.model, replicas.wrap(loop.model)
     bar = None
     while not state.finished(epochs):
         started = time.perf_counter()
@@ -136,12 +139,12 @@ def train_epochs(
         for batch, (inputs, targets) in enumerate(batches, 1):
             state.steps += 1
             where = f"step {state.steps} (epoch {state.epoch + 1} of {epochs}, batch {batch} of {len(batches)})"
-            loss = _guarded_step(loop, inputs, targets, history, state, where, give_up_after=len(batches))
+            loss = _guarded_step(loop, trained, replicas, inputs, targets, history, state, where, give_up_after=len(batches))
             bar.update(len(inputs) * loop.items_per_sequence)
             bar.set_postfix_str(f"epoch {state.epoch + 1}/{epochs} loss {loss:.4f}{_skipped(state)}", refresh=False)
         model.eval()
         with torch.no_grad():
-            validation = loop.validation_loss()
+            validation = replicas.from_main(loop.validation_loss() if replicas.main else None)  # rank 0's decides for all
         if not math.isfinite(validation) and not loop.skip_nonfinite:
             problem = f"the validation loss is {validation} after epoch {state.epoch + 1}"
             raise NonFiniteError(f"{problem}: the epoch is not kept; {NONFINITE_ADVICE}", problem, state.steps)
@@ -157,6 +160,7 @@ def train_epochs(
             state.stopped_early = patience > 0 and state.stale_epochs >= patience
         state.shuffle_rng, state.global_rng = generator.get_state(), torch.get_rng_state()
         state.seconds += time.perf_counter() - started
+        replicas.check_identical(model, state.epoch)
         save(state)
         bar.set_postfix_str(f"epoch {state.epoch}/{epochs} loss {state.train_losses[-1]:.4f} val {validation:.4f}{_skipped(state)}")
     if bar is not None:
@@ -164,12 +168,19 @@ def train_epochs(
     return state
 
 
-def _guarded_step(loop: EpochLoop, inputs: Tensor, targets: Tensor, history: History, state: TrainingState, where: str,
-                  give_up_after: int) -> float:
-    """`train_step` on one batch, with the step's place in the run (`where`) in its NonFiniteError.
-    A step it skips goes into `state.skipped_steps`; `give_up_after` skipped in a row raise."""
+def _guarded_step(loop: EpochLoop, trained: nn.Module, replicas: Replicas, inputs: Tensor, targets: Tensor, history: History,
+                  state: TrainingState, where: str, give_up_after: int) -> float:
+    """`train_step` of `trained` (the model, or DDP around it) on this process's shard of one
+    batch, whose loss has the whole batch's value, so that every process's guard decides alike;
+    with the step's place in the run (`where`) in its NonFiniteError. A step it skips goes into
+    `state.skipped_steps`; `give_up_after` skipped in a row raise."""
+    inputs, targets, weight = replicas.shard(inputs, targets)
+
+    def loss() -> Tensor:
+        return replicas.whole_batch_loss(loop.batch_loss(trained, inputs, targets) * weight)
+
     try:
-        loss = train_step(loop.model, lambda: loop.batch_loss(inputs, targets), loop.optimizer, loop.clip, history, loop.skip_nonfinite)
+        value = train_step(loop.model, loss, loop.optimizer, loop.clip, history, loop.skip_nonfinite)
     except NonFiniteError as error:
         raise NonFiniteError(f"{error.problem} at {where}: the weights were not updated; {NONFINITE_ADVICE}", error.problem, state.steps) from None
     if history.skipped[-1:] == [len(history.losses)]:  # train_step skipped this step
@@ -177,7 +188,7 @@ def _guarded_step(loop: EpochLoop, inputs: Tensor, targets: Tensor, history: His
         if state.skipped_steps[-give_up_after:] == list(range(state.steps - give_up_after + 1, state.steps + 1)):
             problem = f"the last {give_up_after} steps (an epoch's worth) all had a non-finite loss or gradient and were skipped"
             raise NonFiniteError(f"{problem}, up to {where}: giving up; {NONFINITE_FIX}", problem, state.steps)
-    return loss
+    return value
 
 
 def _skipped(state: TrainingState) -> str:
@@ -206,16 +217,27 @@ def fit(
     there, run the epochs (saving after each), switch to the best weights, `evaluate` them into
     a report, and save the checkpoint once more with the report, all on `config.threads` CPU
     threads with denormals flushed to zero (`long_lag_cpu`, as the experiments run). `config` has
-    `epochs`, `patience` and `threads`; `data["fingerprint"]` identifies the training data."""
+    `epochs`, `patience` and `threads`; `data["fingerprint"]` identifies the training data.
+
+    Started by torchrun, each process runs `fit` as one of the replicas of longshort.distributed:
+    rank 0 resumes, prints, draws the progress bar and writes the checkpoint for all."""
     path = Path(out) / FILENAME if out is not None else None
-    state = resume(out, kind, config, data["fingerprint"], loop.model, loop.optimizer, fresh, echo)
+    with process_group() as replicas, long_lag_cpu(config.threads):
+        if not replicas.main:
+            echo, progress, path = (lambda _: None), False, None
+        elif path is not None:
+            for stale in remove_stale_temporaries(path):
+                echo(f"Removed {stale}: half a checkpoint, left by a run killed while writing it.")
 
-    def save(state: TrainingState, report: Optional[dict[str, Any]] = None, weights: Optional[dict] = None) -> None:
-        if path is not None:
-            save_checkpoint(path, kind, config, data, weights or loop.model.state_dict(), loop.optimizer, state, report)
+        def start() -> TrainingState:
+            return resume(out, kind, config, data["fingerprint"], loop.model, loop.optimizer, fresh, echo)
 
-    with long_lag_cpu(config.threads):
-        state = train_epochs(loop, state, config.epochs, config.patience, save, progress, description)
+        def save(state: TrainingState, report: Optional[dict[str, Any]] = None, weights: Optional[dict] = None) -> None:
+            if path is not None:
+                save_checkpoint(path, kind, config, data, weights or loop.model.state_dict(), loop.optimizer, state, report)
+
+        state = replicas.start_together(loop.model, loop.optimizer, start, data["fingerprint"])
+        state = train_epochs(loop, state, config.epochs, config.patience, save, progress, description, replicas)
         if state.skipped_steps:
             echo(f"Skipped {len(state.skipped_steps)} of {state.steps} steps (a non-finite loss or gradient): {_steps(state.skipped_steps)}.")
         latest = {name: tensor.detach().clone() for name, tensor in loop.model.state_dict().items()}
@@ -230,6 +252,15 @@ def fit(
 def fingerprint(content: bytes) -> str:
     """A short hash that tells whether a resumed run sees the same training data."""
     return hashlib.sha256(content).hexdigest()[:16]
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files `save_checkpoint` left beside `path` when a run was killed while
+    writing (they are never the checkpoint: that appears only by the rename); return them."""
+    stale = sorted(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
+    for file in stale:
+        file.unlink(missing_ok=True)
+    return stale
 
 
 def checkpoint_file(path: Path) -> Path:

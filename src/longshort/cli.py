@@ -12,7 +12,9 @@
 
 Bad input (a missing or malformed file, a wrong option, an unusable checkpoint) prints
 `longshort COMMAND: what is wrong` on stderr and exits with code 2. A training run stopped
-by a NaN or infinite loss or gradient (longshort.training's guard) says where and exits with 3.
+by a NaN or infinite loss or gradient (longshort.training's guard) says where and exits with 3;
+one interrupted by Ctrl-C exits with 130, by SIGTERM with 143, its last finished epoch kept.
+Under torchrun, `train` runs data-parallel (longshort.distributed); only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import argparse
 import dataclasses
 import enum
 import shlex
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence, TypeVar
+from typing import Iterator, Optional, Sequence, TypeVar
 
 from longshort.demo import DemoConfig, demo_commands
 
@@ -98,12 +102,31 @@ def _experiment(name: Optional[str], overrides: Sequence[str], out: Optional[Pat
     return 0
 
 
+class Terminated(Exception):
+    """SIGTERM arrived (a scheduler, or torchrun stopping the other processes when one failed)."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into Terminated while training, so it ends as Ctrl-C does, with a message."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fields_help(config_class: type) -> str:
     return ", ".join(f"--{field.name}={field.default}" for field in dataclasses.fields(config_class))
 
 
 def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from longshort.charmodel import TextConfig, format_report as format_text, train_char_model
+    from longshort.distributed import DistributedError, main_process
     from longshort.forecasting import SeriesConfig, format_report as format_series, plot_test, train_forecaster
     from longshort.gate_plots import plot_learning_curves
     from longshort.training import NonFiniteError
@@ -116,29 +139,36 @@ def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     name = args.file.stem if args.file is not None else ("kjv" if args.text else "sunspots")
     out = args.out or Path("runs") / name
     progress = not args.no_progress
+    main = main_process()  # not rank 1, 2, ... of a torchrun launch: those train silently
+    echo = print if main else (lambda _: None)
+    trainer, config_class = (train_char_model, TextConfig) if args.text else (train_forecaster, SeriesConfig)
+    config = config_from_overrides(config_class, [*overrides, *flags])
     try:
-        if args.text:
-            model = train_char_model(config_from_overrides(TextConfig, [*overrides, *flags]), args.file, out, progress, args.fresh)
-            print(format_text(model))
-            what = f'Generate: longshort generate {out} --prompt "..." --length 300 --temperature 0.8'
-            ylabel, title = "bits per character", f"Character LSTM on {model.source}"
-        else:
-            model = train_forecaster(config_from_overrides(SeriesConfig, [*overrides, *flags]), args.file, out, progress, args.fresh)
-            print(format_series(model))
-            print(f"\nPlot: {plot_test(model, out / 'test_forecast.png')}")
-            what = f"Forecast: longshort forecast {out} --steps {model.config.horizon}"
-            ylabel, title = "mean squared error (standardised)", f"LSTM forecaster of {model.data.columns[0]!r}"
+        with _sigterm_raises():
+            model = trainer(config, args.file, out, progress, args.fresh, echo)
     except NonFiniteError as error:  # the guard of longshort.training: no NaN reached the weights
         kept = f" {out / 'checkpoint.pt'} keeps the last finished epoch." if (out / "checkpoint.pt").is_file() else ""
         print(f"longshort train: {error}.{kept}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print(
-            f"\nlongshort train: interrupted. {out / 'checkpoint.pt'} keeps the last finished epoch: "
-            "run the same command again to resume.",
-            file=sys.stderr,
-        )
-        return 130
+    except DistributedError as error:
+        print(f"longshort train: {error}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Terminated) as stop:
+        how, code = ("interrupted", 130) if isinstance(stop, KeyboardInterrupt) else ("terminated (SIGTERM)", 143)
+        print(f"\nlongshort train: {how}. {out / 'checkpoint.pt'} keeps the last finished epoch: "
+              "run the same command again to resume.", file=sys.stderr)
+        return code
+    if not main:
+        return 0
+    if args.text:
+        print(format_text(model))
+        what = f'Generate: longshort generate {out} --prompt "..." --length 300 --temperature 0.8'
+        ylabel, title = "bits per character", f"Character LSTM on {model.source}"
+    else:
+        print(format_series(model))
+        print(f"\nPlot: {plot_test(model, out / 'test_forecast.png')}")
+        what = f"Forecast: longshort forecast {out} --steps {model.config.horizon}"
+        ylabel, title = "mean squared error (standardised)", f"LSTM forecaster of {model.data.columns[0]!r}"
     state = model.state
     print(f"Plot: {plot_learning_curves(state.train_losses, state.validation_losses, state.best_epoch, ylabel, title, out / 'learning_curves.png')}")
     print(f"Checkpoint: {out / 'checkpoint.pt'}\n{what}")

@@ -505,7 +505,7 @@ def train_forecaster(
         model=model,
         optimizer=torch.optim.Adam(model.parameters(), lr=config.learning_rate),
         epoch_batches=epoch_batches,
-        batch_loss=lambda x, y: F.mse_loss(model(x), y),
+        batch_loss=lambda trained, x, y: F.mse_loss(trained(x), y),
         validation_loss=lambda: float(F.mse_loss(model(inputs[validation]), targets[validation])),
         clip=Clip(max_norm=config.clip_norm),
         skip_nonfinite=config.skip_nonfinite,
