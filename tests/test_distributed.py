@@ -28,6 +28,21 @@ torch.save({"weights": forecaster.model.state_dict(), "losses": forecaster.state
 """
 
 
+# The same, but in rank 1 alone the 5th batch's loss is NaN: both processes must skip step 5 (or both stop).
+NAN_IN_RANK_1 = """
+import os
+import torch.nn.functional
+calls, real_mse_loss = [], torch.nn.functional.mse_loss
+def mse_loss(*args, **kwargs):
+    calls.append(1)
+    loss = real_mse_loss(*args, **kwargs)
+    return loss * float("nan") if os.environ["RANK"] == "1" and len(calls) == 5 else loss
+torch.nn.functional.mse_loss = mse_loss
+""" + WORKER.replace("epochs=3)", "epochs=3, skip_nonfinite=SKIP)") + """
+torch.save({**torch.load(sys.argv[3]), "skipped": forecaster.state.skipped_steps}, sys.argv[3])
+"""
+
+
 @pytest.fixture
 def series(tmp_path):
     path = tmp_path / "series.csv"
@@ -70,6 +85,22 @@ def test_two_processes_keep_identical_weights_and_equal_single_process_training(
         torch.testing.assert_close(tensor, single["model"][name], rtol=1e-4, atol=1e-5)
     assert stored["training"]["train_losses"] == pytest.approx(single["training"]["train_losses"], rel=1e-4)
     assert stored["report"]["rmse"]["LSTM"] == pytest.approx(single["report"]["rmse"]["LSTM"], rel=1e-3)
+
+
+def test_a_nan_in_one_process_is_skipped_or_stops_in_every_process(tmp_path, series):
+    script = NAN_IN_RANK_1.replace("SKIP", "True")
+    results = start_ranks(lambda rank: ["-c", script, str(series), str(tmp_path / "out"), str(tmp_path / f"rank{rank}.pt")])
+    for code, _, err in results:
+        assert code == 0, err
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == [5]
+    for name, tensor in ranks[0]["weights"].items():
+        assert torch.equal(tensor, ranks[1]["weights"][name]), name
+
+    script = NAN_IN_RANK_1.replace("SKIP", "False")
+    results = start_ranks(lambda rank: ["-c", script, str(series), str(tmp_path / "stop"), str(tmp_path / f"stop{rank}.pt")])
+    for code, _, err in results:  # both raise NonFiniteError at step 5; neither waits for the other
+        assert code == 1 and "NonFiniteError: the loss is nan at step 5 (epoch 1 of 3, batch 5 of 8)" in err, err
 
 
 def test_torchrun_launches_longshort_train(tmp_path, series):
