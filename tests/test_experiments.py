@@ -106,6 +106,14 @@ def test_memory_structure(tiny):
     assert results["summary"]["adding"]["LSTM"]["baseline"][str(lengths[0])] == pytest.approx(1 / 6)
 
 
+def test_memory_in_two_worker_processes_equals_one_process(tiny, tmp_path):
+    results, _ = tiny["memory"]
+    assert results["config"]["workers"] == 2  # the default: the tiny run above trained in two processes
+    assert main(["experiment", "memory", *tiny_flags("memory"), "--workers=1", "--out", str(tmp_path), "--no-progress"]) == 0
+    alone = json.loads((tmp_path / "results.json").read_text())
+    assert alone["rows"] == results["rows"] and alone["summary"] == results["summary"]
+
+
 def test_forget_bias_structure(tiny):
     results, _ = tiny["forget-bias"]
     config, summary = results["config"], results["summary"]

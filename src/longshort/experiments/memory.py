@@ -21,7 +21,10 @@ problem (at T=100, test MSE < 0.01).
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -74,12 +77,13 @@ class MemoryConfig:
     seeds: int = 2  # adding runs per model and T: seeds seed, seed + 1, ...
     copy_seeds: int = 1  # copy runs per model and T
     seed: int = 0
-    threads: int = 1  # torch CPU threads (see tasks.long_lag_cpu)
+    threads: int = 1  # torch CPU threads per process (see tasks.long_lag_cpu)
+    workers: int = 2  # processes training runs side by side (2 on 2 cores); 1: all in this process. Same results
 
     def __post_init__(self) -> None:
         self.length_list()  # raises on a malformed list
         for name in ("rnn_units", "gru_units", "lstm_units", "batch_size", "adding_steps", "copy_steps", "stop_window",
-                     "copy_length", "copy_symbols", "test_size", "seeds", "copy_seeds", "threads"):
+                     "copy_length", "copy_symbols", "test_size", "seeds", "copy_seeds", "threads", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("learning_rate", "clip_norm", "solved_mse", "baseline_fraction"):
@@ -153,6 +157,11 @@ def copy_memory_task(config: MemoryConfig) -> Task:
     )
 
 
+def make_task(name: str, config: MemoryConfig) -> Task:
+    """The task called `name` ("adding" or "copy"): a worker process rebuilds it from its name."""
+    return adding_task() if name == "adding" else copy_memory_task(config)
+
+
 def build_model(architecture: Architecture, units: int, task: Task) -> Sequential:
     """The recurrent layer and its head: `Dense` on the last output, or `TimeDistributed(Dense)` on all."""
     layer = LAYERS[architecture](units, input_size=task.input_size, return_sequences=task.sequence_output)
@@ -201,22 +210,36 @@ class ModelAtLength:
         return "solved" if self.solved(config) else "baseline" if self.at_baseline(config) else "partly"
 
 
-def train_run(task: Task, architecture: Architecture, length: int, seed: int, steps: int, config: MemoryConfig, bar: tqdm) -> RunResult:
+Tick = Callable[[int, str], None]  # (steps done since the last call, what is training) -> None: the progress bar
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to train: a model on a task at one T from one seed, for at most `steps` steps."""
+
+    task: str  # "adding" or "copy"
+    architecture: Architecture
+    length: int
+    seed: int
+    steps: int
+
+
+def train_run(job: Job, config: MemoryConfig, tick: Tick) -> RunResult:
     """Train one model on one task at one T from one seed with Adam and clipping; test it on fresh sequences."""
+    task, length, seed = make_task(job.task, config), job.length, job.seed
     torch.manual_seed(seed)
-    model = build_model(architecture, config.units(architecture), task)
+    model = build_model(job.architecture, config.units(job.architecture), task)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     clip, history = Clip(max_norm=config.clip_norm), History()
     batches = torch.Generator().manual_seed(seed)
     stop_below = config.stop_fraction * task.baseline(length)
-    for step in range(steps):
+    for step in range(job.steps):
         inputs, targets = task.batch(config.batch_size, length, batches)
         loss = train_step(model, lambda: task.loss(model(inputs), targets), optimizer, clip, history)
-        bar.update()
-        bar.set_postfix_str(f"{task.name} T={length} {architecture.value} seed {seed}: loss {loss:.4f}", refresh=False)
+        tick(1, f"{task.name} T={length} {job.architecture.value} seed {seed}: loss {loss:.4f}")
         recent = history.losses[-config.stop_window:]
         if len(recent) == config.stop_window and sum(recent) / len(recent) < stop_below:
-            bar.update(steps - step - 1)
+            tick(job.steps - step - 1, "")
             break
     inputs, targets = task.batch(config.test_size, length, torch.Generator().manual_seed(1_000_000 + seed))
     model.eval()
@@ -225,20 +248,75 @@ def train_run(task: Task, architecture: Architecture, length: int, seed: int, st
         return RunResult(history.losses, float(task.loss(output, targets)), task.accuracy(output, targets), len(history.losses))
 
 
+# Worker processes: each trains whole runs, on `threads` threads with denormals flushed (as
+# tasks.long_lag_cpu does in the main process, so the results are the same), and reports its
+# steps to the main process's progress bar through a queue, 25 at a time.
+_progress: "multiprocessing.Queue | None" = None
+
+
+def _start_worker(progress: "multiprocessing.Queue", threads: int) -> None:
+    global _progress
+    _progress = progress
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+
+def _train_in_worker(job: Job, config: MemoryConfig) -> RunResult:
+    pending = [0, ""]
+
+    def tick(steps: int, postfix: str) -> None:
+        pending[0] += steps
+        pending[1] = postfix or pending[1]
+        if pending[0] >= 25:
+            _progress.put(tuple(pending))
+            pending[0] = 0
+
+    result = train_run(job, config, tick)
+    _progress.put(tuple(pending))
+    return result
+
+
+def train_all(jobs: list[Job], config: MemoryConfig, bar: tqdm) -> list[RunResult]:
+    """Every job's result, in order: in this process, or in `config.workers` processes side by side
+    (the longest runs first, so that none is left alone at the end)."""
+
+    def show(steps: int, postfix: str) -> None:
+        bar.update(steps)
+        if postfix:
+            bar.set_postfix_str(postfix, refresh=False)
+
+    if config.workers == 1 or len(jobs) == 1:
+        return [train_run(job, config, show) for job in jobs]
+    context = multiprocessing.get_context("spawn")  # not fork: torch's threads do not survive a fork
+    progress = context.Queue()
+    longest_first = sorted(range(len(jobs)), key=lambda index: -jobs[index].steps * jobs[index].length)
+    with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_start_worker, initargs=(progress, config.threads)) as pool:
+        futures = {index: pool.submit(_train_in_worker, jobs[index], config) for index in longest_first}
+        while not all(future.done() for future in futures.values()):
+            try:
+                show(*progress.get(timeout=0.2))
+            except queue.Empty:
+                pass
+        while not progress.empty():
+            show(*progress.get())
+        return [futures[index].result() for index in range(len(jobs))]
+
+
 def run(config: MemoryConfig, out: Path, progress: bool = True) -> Report:
     lengths = config.length_list()
     plan = [(adding_task(), config.adding_steps, config.seeds), (copy_memory_task(config), config.copy_steps, config.copy_seeds)]
     total = sum(steps * seeds for _, steps, seeds in plan) * len(lengths) * len(Architecture)
     bar = tqdm(total=total, desc="memory", unit="step", disable=not progress)
     cells: list[ModelAtLength] = []
+    jobs: list[tuple[ModelAtLength, Job]] = []
     for task, steps, seeds in plan:
         for length in lengths:
             for architecture in Architecture:
                 size = parameter_count(build_model(architecture, config.units(architecture), task))
-                cell = ModelAtLength(task, architecture, length, size)
-                for seed in range(config.seed, config.seed + seeds):
-                    cell.runs.append(train_run(task, architecture, length, seed, steps, config, bar))
-                cells.append(cell)
+                cells.append(ModelAtLength(task, architecture, length, size))
+                jobs += [(cells[-1], Job(task.name, architecture, length, seed, steps)) for seed in range(config.seed, config.seed + seeds)]
+    for (cell, _), result in zip(jobs, train_all([job for _, job in jobs], config, bar)):
+        cell.runs.append(result)
     bar.close()
 
     rows = [
