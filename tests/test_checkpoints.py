@@ -1,6 +1,7 @@
 """Checkpoints: safe to load, atomic, checked on load; training resumes from them."""
 
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_a_failed_write_leaves_the_old_checkpoint(tmp_path, capsys, series, monk
     with pytest.raises(OSError, match="disk full"):
         train_forecaster(SeriesConfig(units=4, lookback=6, epochs=1), series, tmp_path, progress=False, fresh=True, echo=print)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint.pt", "learning_curves.png", "series.csv", "test_forecast.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".lock", "checkpoint.pt", "learning_curves.png", "series.csv", "test_forecast.png"]
 
 
 def test_truncated_checkpoint(tmp_path, capsys, series):
@@ -179,3 +180,12 @@ def test_newer_version_and_mismatched_weights(tmp_path, capsys, series):
     torch.save(edited, tmp_path / "edited.pt")
     with pytest.raises(CheckpointError, match="the weights do not fit the model its config describes"):
         Forecaster.load(tmp_path / "edited.pt")
+
+
+def test_two_runs_cannot_share_an_output_folder(tmp_path, capsys, series):
+    with checkpoints.exclusive_use(tmp_path / "run"):  # as a run in progress holds it
+        code = main(["train", str(series), "--out", str(tmp_path / "run"), *TINY, "--epochs=1"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{tmp_path / 'run'} is in use by another run of longshort train (process {os.getpid()} on " in err
+        assert "wait for it to end, or choose another --out" in err and not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert main(["train", str(series), "--out", str(tmp_path / "run"), *TINY, "--epochs=1"]) == 0  # released at its end

@@ -31,12 +31,19 @@ import hashlib
 import math
 import os
 import pickle
+import socket
 import tempfile
 import time
 import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
+
+try:
+    import fcntl  # POSIX: the lock on an output folder
+except ImportError:  # Windows: no lock
+    fcntl = None
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +56,7 @@ from longshort.training import Clip, History, NonFiniteError, train_step
 FORMAT = "longshort-checkpoint"
 VERSION = 1
 FILENAME = "checkpoint.pt"
+LOCKFILE = ".lock"  # held by the run training into the folder (see `exclusive_use`)
 KINDS = {"series": "a time-series forecaster", "text": "a character language model (trained with --text)"}
 RESUMABLE_CHANGES = ("epochs", "patience", "threads", "skip_nonfinite")  # config fields a resumed run may change
 
@@ -222,14 +230,15 @@ def fit(
     Started by torchrun, each process runs `fit` as one of the replicas of longshort.distributed:
     rank 0 resumes, prints, draws the progress bar and writes the checkpoint for all."""
     path = Path(out) / FILENAME if out is not None else None
-    with process_group() as replicas, long_lag_cpu(config.threads):
+    with process_group() as replicas, long_lag_cpu(config.threads), ExitStack() as held:
         if not replicas.main:
             echo, progress, path = (lambda _: None), False, None
-        elif path is not None:
-            for stale in remove_stale_temporaries(path):
-                echo(f"Removed {stale}: half a checkpoint, left by a run killed while writing it.")
 
         def start() -> TrainingState:
+            if path is not None:
+                held.enter_context(exclusive_use(path.parent))  # until the run ends
+                for stale in remove_stale_temporaries(path):
+                    echo(f"Removed {stale}: half a checkpoint, left by a run killed while writing it.")
             return resume(out, kind, config, data["fingerprint"], loop.model, loop.optimizer, fresh, echo)
 
         def save(state: TrainingState, report: Optional[dict[str, Any]] = None, weights: Optional[dict] = None) -> None:
@@ -252,6 +261,33 @@ def fit(
 def fingerprint(content: bytes) -> str:
     """A short hash that tells whether a resumed run sees the same training data."""
     return hashlib.sha256(content).hexdigest()[:16]
+
+
+@contextmanager
+def exclusive_use(folder: Path) -> Iterator[None]:
+    """Lock `folder` (its file .lock) for one training run: a second run into the same folder, which
+    would overwrite the first's checkpoints, gets a CheckpointError instead. The operating system
+    drops the lock when the process ends, however it ends (SIGKILL too), so no stale lock remains.
+    Without fcntl (Windows) there is no lock."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(folder / LOCKFILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CheckpointError(
+                f"{folder} is in use by another run of longshort train ({holder}): wait for it to end, or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
