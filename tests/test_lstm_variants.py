@@ -159,6 +159,15 @@ def test_a_fresh_peephole_lstm_is_the_plain_lstm():
     assert not peephole.cell.weight_co.any()
 
 
+def test_reset_parameters_puts_the_layer_norms_back_to_gain_1_and_shift_0():
+    layer = ls.LayerNormLSTM(H, F)
+    _randomise(layer, seed=6)
+    layer.cell.reset_parameters()
+    cell = layer.cell
+    assert all(torch.equal(gain, torch.ones_like(gain)) for gain in (cell.gain_ih, cell.gain_hh, cell.gain_c))
+    assert not cell.shift_c.any() and torch.equal(cell.bias[H : 2 * H], torch.ones(H))  # and the forget bias is 1 again
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: ls.LSTM(H, zoneout=1.0), "zoneout must lie in [0, 1), got 1.0"),
     (lambda: ls.LSTMCell(H, zoneout=-0.1), "zoneout must lie in [0, 1), got -0.1"),

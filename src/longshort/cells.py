@@ -558,6 +558,15 @@ class LayerNormLSTMCell(LSTMCell):
         self.gain_c = nn.Parameter(torch.ones(units))
         self.shift_c = nn.Parameter(torch.zeros(units))
 
+    def reset_parameters(self) -> None:
+        """`LSTMCell`'s, and every layer norm back to gain 1 and shift 0."""
+        super().reset_parameters()
+        if hasattr(self, "shift_c"):  # the first call comes from LSTMCell.__init__, before the norms exist
+            with torch.no_grad():
+                for gain in (self.gain_ih, self.gain_hh, self.gain_c):
+                    gain.fill_(1.0)
+                self.shift_c.zero_()
+
     def project_input(self, x: Tensor) -> Tensor:
         """`LN_x(W_ih x)` for one step (B, F) or a whole sequence (B, T, F); the bias comes in `recur`."""
         self.check_input(x)
