@@ -74,10 +74,11 @@ class Replicas:
         A process left without rows (a batch smaller than W) computes one row's loss with weight 0."""
         if self.world_size == 1:
             return inputs, targets, 1.0
-        rows = range(self.rank, len(inputs), self.world_size)
-        if not rows:
+        mine = slice(self.rank, None, self.world_size)
+        rows = len(range(len(inputs))[mine])
+        if rows == 0:
             return inputs[:1], targets[:1], 0.0
-        return inputs[rows.start :: self.world_size], targets[rows.start :: self.world_size], len(rows) * self.world_size / len(inputs)
+        return inputs[mine], targets[mine], rows * self.world_size / len(inputs)
 
     def whole_batch_loss(self, local: Tensor) -> Tensor:
         """`local` (this shard's weighted loss) with the value of the whole batch's loss: the
@@ -103,10 +104,7 @@ class Replicas:
         0 is raised in every process; so is a process that reads other data than rank 0."""
         if self.world_size == 1:
             return start()
-        fingerprints = [None] * self.world_size
-        dist.all_gather_object(fingerprints, data_fingerprint)
-        if len(set(fingerprints)) > 1:
-            ranks = [rank for rank, seen in enumerate(fingerprints) if seen != fingerprints[0]]
+        if ranks := self._differing_from_main(data_fingerprint):
             raise DistributedError(f"processes {ranks} read other training data than process 0: give every process the same file")
         outcome: Any = None
         if self.main:
@@ -127,11 +125,14 @@ class Replicas:
         """Raise DistributedError unless every process holds the same weights (compared by hash)."""
         if self.world_size == 1:
             return
-        digests = [None] * self.world_size
-        dist.all_gather_object(digests, weights_digest(model))
-        if len(set(digests)) > 1:
-            ranks = [rank for rank, seen in enumerate(digests) if seen != digests[0]]
+        if ranks := self._differing_from_main(weights_digest(model)):
             raise DistributedError(f"after epoch {epoch} the weights of processes {ranks} differ from process 0's")
+
+    def _differing_from_main(self, value: str) -> list[int]:
+        """The ranks whose `value` differs from rank 0's (every process learns them all)."""
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return [rank for rank, seen in enumerate(values) if seen != values[0]]
 
 
 def weights_digest(model: nn.Module) -> str:

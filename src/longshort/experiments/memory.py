@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from longshort.experiments.base import Experiment, Report, pyplot, save_figure
-from longshort.experiments.tasks import ADDING_BASELINE_MSE, adding_problem, copy_baseline_cross_entropy, copy_task
+from longshort.experiments.tasks import ADDING_BASELINE_MSE, adding_problem, copy_baseline_cross_entropy, copy_task, long_lag_cpu
 from longshort.layers import GRU, LSTM, SimpleRNN
 from longshort.training import Clip, History, train_step
 from longshort.wrappers import Dense, Sequential, TimeDistributed
@@ -248,17 +248,15 @@ def train_run(job: Job, config: MemoryConfig, tick: Tick) -> RunResult:
         return RunResult(history.losses, float(task.loss(output, targets)), task.accuracy(output, targets), len(history.losses))
 
 
-# Worker processes: each trains whole runs, on `threads` threads with denormals flushed (as
-# tasks.long_lag_cpu does in the main process, so the results are the same), and reports its
-# steps to the main process's progress bar through a queue, 25 at a time.
+# Worker processes: each trains whole runs inside tasks.long_lag_cpu, as the main process does
+# (so the results are the same), and reports its steps to the main process's progress bar
+# through a queue, 25 at a time.
 _progress: "multiprocessing.Queue | None" = None
 
 
-def _start_worker(progress: "multiprocessing.Queue", threads: int) -> None:
+def _start_worker(progress: "multiprocessing.Queue") -> None:
     global _progress
     _progress = progress
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
 
 
 def _train_in_worker(job: Job, config: MemoryConfig) -> RunResult:
@@ -271,7 +269,8 @@ def _train_in_worker(job: Job, config: MemoryConfig) -> RunResult:
             _progress.put(tuple(pending))
             pending[0] = 0
 
-    result = train_run(job, config, tick)
+    with long_lag_cpu(config.threads):
+        result = train_run(job, config, tick)
     _progress.put(tuple(pending))
     return result
 
@@ -290,7 +289,7 @@ def train_all(jobs: list[Job], config: MemoryConfig, bar: tqdm) -> list[RunResul
     context = multiprocessing.get_context("spawn")  # not fork: torch's threads do not survive a fork
     progress = context.Queue()
     longest_first = sorted(range(len(jobs)), key=lambda index: -jobs[index].steps * jobs[index].length)
-    with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_start_worker, initargs=(progress, config.threads)) as pool:
+    with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_start_worker, initargs=(progress,)) as pool:
         futures = {index: pool.submit(_train_in_worker, jobs[index], config) for index in longest_first}
         while not all(future.done() for future in futures.values()):
             try:
