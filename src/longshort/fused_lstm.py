@@ -11,7 +11,7 @@ Forward. The input side `p_t = W_ih x_t + b` of every step comes in precomputed
     c = f * c_prev + i * g
     h = o * tanh(c)
 
-The activated gates and the states of every step are kept for the backward.
+The activated gates, the states and tanh(c) of every step are kept for the backward.
 
 Backward. `dh` is dL/dh_t (from the output y_t = h_t and from step t+1), `dc` is dL/dc_t
 from step t+1. Reading the forward bottom-up:
@@ -68,14 +68,14 @@ class LSTMRecurrence(torch.autograd.Function):
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         c_all = p.new_empty(T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
-        tanh_c = p.new_empty(B, H)
+        tanh_c_all = p.new_empty(T, B, H)  # tanh(c) of every step, kept for the backward
         masks = None if step_mask is None else step_mask.transpose(0, 1).unsqueeze(-1)  # (T, B, 1) bool
         h_in = p.new_empty(B, H)
         with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
             # The per-step views, made once: cheaper than indexing in the loop.
             zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
             is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
-            hs, cs = h_all.unbind(0), c_all.unbind(0)
+            hs, cs, tanh_cs = h_all.unbind(0), c_all.unbind(0), tanh_c_all.unbind(0)
             for t in range(T):
                 h_prev, c_prev, c, h = hs[t], cs[t], cs[t + 1], hs[t + 1]
                 zs[t].addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
@@ -83,29 +83,34 @@ class LSTMRecurrence(torch.autograd.Function):
                 gs[t].tanh_()
                 os[t].sigmoid_()
                 torch.mul(fs[t], c_prev, out=c).addcmul_(is_[t], gs[t])
-                torch.mul(os[t], torch.tanh(c, out=tanh_c), out=h)
+                torch.mul(os[t], torch.tanh(c, out=tanh_cs[t]), out=h)
                 if masks is not None:
                     torch.where(masks[t], c, c_prev, out=c)
                     torch.where(masks[t], h, h_prev, out=h)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks
-        ctx.save_for_backward(z_all, h_all, c_all, weight_hh, masks, recurrent_mask)
+        ctx.save_for_backward(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask)
         return y, h_all[T].clone(), c_all[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
-        z_all, h_all, c_all, weight_hh, masks, recurrent_mask = ctx.saved_tensors
+        z_all, h_all, c_all, tanh_c, weight_hh, masks, recurrent_mask = ctx.saved_tensors
         T, B, four_h = z_all.shape
         H = four_h // 4
         i, f, g, o = z_all.split(H, dim=2)  # each (T, B, H)
-        c_prev, c = c_all[:-1], c_all[1:]
-        tanh_c = torch.tanh(c)
-        # The factors of the derivation that do not depend on dh, dc: all steps at once.
-        dz_o_per_dh = tanh_c * o * (1 - o)  # (T, B, H)
-        dz_ifg_per_dc = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=2)  # (T, B, 3, H)
-        dc_per_dh = o * (1 - tanh_c * tanh_c)
+        c_prev = c_all[:-1]
+        # The factors of the derivation that do not depend on dh, dc: all steps at once, each a
+        # pass or two over (T, B, H) through the products they share (addcmul(a, b, c, value=-1) is a - b c).
+        o_tanh_c = o * tanh_c
+        dz_o_per_dh = torch.addcmul(o_tanh_c, o_tanh_c, o, value=-1)  # tanh(c) o (1 - o)
+        dc_per_dh = torch.addcmul(o, o_tanh_c, tanh_c, value=-1)  # o (1 - tanh(c)^2)
+        dz_ifg_per_dc = z_all.new_empty(T, B, 3, H)  # the i, f, g factors side by side, as dz holds them
+        i_g = i * g
+        torch.addcmul(i_g, i_g, i, value=-1, out=dz_ifg_per_dc[:, :, 0])  # g i (1 - i)
+        torch.mul(torch.addcmul(f, f, f, value=-1), c_prev, out=dz_ifg_per_dc[:, :, 1])  # c_prev f (1 - f)
+        torch.addcmul(i, i_g, g, value=-1, out=dz_ifg_per_dc[:, :, 2])  # i (1 - g^2)
         if masks is not None:  # masked steps get no gradient, whatever (even NaN) their gates hold
             dz_o_per_dh.masked_fill_(~masks, 0)
             dc_per_dh.masked_fill_(~masks, 0)
