@@ -6,7 +6,9 @@ outputs) of:
 
     torch.nn.LSTM            the vendor kernel (oneDNN on CPU): every ratio is against it
     ls.LSTM (auto)           longshort's default dispatch
-    ls.LSTM (fused)          the fused loop with hand-written backward-through-time
+    ls.LSTM (fused)          the fused loop with hand-written backward-through-time, its gate
+                             math in C where longshort.native builds it (as by default)
+    ls.LSTM (fused, torch ops)  the same with LONGSHORT_NATIVE=0: the gate math in torch ops
     ls.RNN(LSTMCell) loop    the generic loop over the readable cell (implementation="loop";
                              by default RNN(LSTMCell) dispatches exactly as ls.LSTM does)
     custom cell              a user-written LSTM cell through ls.RNN (see `UserLSTMCell`)
@@ -38,9 +40,10 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -128,6 +131,7 @@ def implementations(point: Point) -> dict[str, Callable[[Tensor], Tensor]]:
         "torch.nn.LSTM": lambda x: reference(x)[0],
         "ls.LSTM (auto)": ls.LSTM.from_torch(reference, return_sequences=True),
         "ls.LSTM (fused)": _with_implementation(ls.LSTM.from_torch(reference, return_sequences=True), "fused"),
+        "ls.LSTM (fused, torch ops)": _without_native(_with_implementation(ls.LSTM.from_torch(reference, return_sequences=True), "fused")),
         "ls.RNN(LSTMCell) loop": ls.RNN(ls.LSTMCell(H, H), return_sequences=True, implementation="loop"),
         "custom cell": custom,
         "custom cell (compiled)": compiled,
@@ -139,6 +143,24 @@ def implementations(point: Point) -> dict[str, Callable[[Tensor], Tensor]]:
 def _with_implementation(layer: ls.LSTM, implementation: str) -> ls.LSTM:
     layer.implementation = implementation
     return layer
+
+
+def _without_native(layer: ls.LSTM) -> ls.LSTM:
+    layer.native = False  # `measure` runs its calls with LONGSHORT_NATIVE=0
+    return layer
+
+
+@contextmanager
+def native_switch(run) -> Iterator[None]:
+    """LONGSHORT_NATIVE=0 through the call (forward and backward) for a run marked `native = False`."""
+    if getattr(run, "native", True):
+        yield
+        return
+    os.environ["LONGSHORT_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        del os.environ["LONGSHORT_NATIVE"]
 
 
 def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -171,13 +193,14 @@ def measure(point: Point, repeats: int) -> dict[str, dict[str, float]]:
 
     def forward(run):
         def call():
-            with torch.no_grad():
+            with torch.no_grad(), native_switch(run):
                 run(x)
         return call
 
     def training(run):
         def call():
-            run(x_grad).sum().backward()
+            with native_switch(run):
+                run(x_grad).sum().backward()
         return call
 
     forward_times = time_interleaved({name: forward(run) for name, run in runs.items()}, repeats)
@@ -258,7 +281,7 @@ def machine() -> str:
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}), "
-        f"Python {platform.python_version()}"
+        f"Python {platform.python_version()}; fused LSTM gate math: {ls.native.status()}"
     )
 
 

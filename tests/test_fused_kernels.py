@@ -83,6 +83,7 @@ class Kernel:
 
 KERNELS = {
     "lstm": Kernel(4, 2, False, lambda p, h, c, w, m, r: lstm_recurrence(p, (h, c), w, m, r), lstm_reference),
+    "lstm_torch_ops": Kernel(4, 2, False, lambda p, h, c, w, m, r: lstm_recurrence(p, (h, c), w, m, r), lstm_reference),
     "gru": Kernel(3, 1, True, gru_recurrence, gru_reference),
     "gru_nobias": Kernel(3, 1, False, lambda p, h, w, m, r: gru_recurrence(p, h, w, None, m, r),
                          lambda p, h, w, m, r: gru_reference(p, h, w, None, m, r)),
@@ -133,6 +134,15 @@ def assert_close_all(got, want, tol):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)  # the upstream gradients
+
+
+@pytest.fixture(autouse=True)
+def _gate_math(request, monkeypatch):
+    """"lstm" runs the fused LSTM's gate math in C (longshort.native) where it builds, as by
+    default; "lstm_torch_ops" runs the same kernel with that switched off: its torch ops."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("name") == "lstm_torch_ops":
+        monkeypatch.setenv("LONGSHORT_NATIVE", "0")
 
 
 @ALL_KERNELS

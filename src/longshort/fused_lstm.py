@@ -50,11 +50,14 @@ returned is allocated before it, so none comes out as an inference tensor.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from longshort.native import StepKernels, step_kernels
 
 class LSTMRecurrence(torch.autograd.Function):
     """Time-major: p (T, B, 4H), h0, c0 (B, H), weight_hh (4H, H), step_mask (B, T) -> y (T, B, H), h_T, c_T."""
@@ -64,97 +67,155 @@ class LSTMRecurrence(torch.autograd.Function):
         T, B, four_h = p.shape
         H = four_h // 4
         z_all = p.clone(memory_format=torch.contiguous_format)  # (T, B, 4H), becomes the activated gates
-        w_t = weight_hh.T  # (H, 4H)
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         c_all = p.new_empty(T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
         tanh_c_all = p.new_empty(T, B, H)  # tanh(c) of every step, kept for the backward
-        masks = None if step_mask is None else step_mask.transpose(0, 1).unsqueeze(-1)  # (T, B, 1) bool
-        h_in = p.new_empty(B, H)
+        masks = None if step_mask is None else step_mask.transpose(0, 1).contiguous()  # (T, B) bool
+        kernels = step_kernels(p.dtype) if p.device.type == "cpu" else None
         with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
-            # The per-step views, made once: cheaper than indexing in the loop.
-            zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
-            is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
-            hs, cs, tanh_cs = h_all.unbind(0), c_all.unbind(0), tanh_c_all.unbind(0)
-            for t in range(T):
-                h_prev, c_prev, c, h = hs[t], cs[t], cs[t + 1], hs[t + 1]
-                zs[t].addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
-                if_parts[t].sigmoid_()
-                gs[t].tanh_()
-                os[t].sigmoid_()
-                torch.mul(fs[t], c_prev, out=c).addcmul_(is_[t], gs[t])
-                torch.mul(os[t], torch.tanh(c, out=tanh_cs[t]), out=h)
-                if masks is not None:
-                    torch.where(masks[t], c, c_prev, out=c)
-                    torch.where(masks[t], h, h_prev, out=h)
+            steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
+            steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
-            y = y * masks
+            y = y * masks.unsqueeze(-1)
         ctx.save_for_backward(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask)
         return y, h_all[T].clone(), c_all[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
-        z_all, h_all, c_all, tanh_c, weight_hh, masks, recurrent_mask = ctx.saved_tensors
+        z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask = ctx.saved_tensors
         T, B, four_h = z_all.shape
         H = four_h // 4
-        i, f, g, o = z_all.split(H, dim=2)  # each (T, B, H)
-        c_prev = c_all[:-1]
-        # The factors of the derivation that do not depend on dh, dc: all steps at once, each a
-        # pass or two over (T, B, H) through the products they share (addcmul(a, b, c, value=-1) is a - b c).
-        o_tanh_c = o * tanh_c
-        dz_o_per_dh = torch.addcmul(o_tanh_c, o_tanh_c, o, value=-1)  # tanh(c) o (1 - o)
-        dc_per_dh = torch.addcmul(o, o_tanh_c, tanh_c, value=-1)  # o (1 - tanh(c)^2)
-        dz_ifg_per_dc = z_all.new_empty(T, B, 3, H)  # the i, f, g factors side by side, as dz holds them
-        i_g = i * g
-        torch.addcmul(i_g, i_g, i, value=-1, out=dz_ifg_per_dc[:, :, 0])  # g i (1 - i)
-        torch.mul(torch.addcmul(f, f, f, value=-1), c_prev, out=dz_ifg_per_dc[:, :, 1])  # c_prev f (1 - f)
-        torch.addcmul(i, i_g, g, value=-1, out=dz_ifg_per_dc[:, :, 2])  # i (1 - g^2)
-        if masks is not None:  # masked steps get no gradient, whatever (even NaN) their gates hold
-            dz_o_per_dh.masked_fill_(~masks, 0)
-            dc_per_dh.masked_fill_(~masks, 0)
-            dz_ifg_per_dc.masked_fill_(~masks.unsqueeze(-1), 0)
-            f = f.masked_fill(~masks, 0)
-        dz_all = torch.empty_like(z_all)  # (T, B, 4H): i, f, g scale with dc and sit side by side, then o
+        dz_all = torch.empty_like(z_all)  # (T, B, 4H)
         dh_outs = dy.new_empty(T + 1, B, H)  # dh_outs[t + 1]: dL/dh_t from y_t, and from step t + 1 once it is done
         dh_outs[0] = 0  # ends as dL/dh_0
         if masks is None:
             dh_outs[1:] = dy
         else:
-            torch.mul(dy, masks, out=dh_outs[1:])
+            torch.mul(dy, masks.unsqueeze(-1), out=dh_outs[1:])
         if dh_T is not None:
             dh_outs[T] += dh_T
-        dc_state, dc_next = dy.new_zeros(B, H), dy.new_empty(B, H)  # dL/dc_t, and dL/dc_{t-1} as it is computed
-        if dc_T is not None:
-            dc_state.copy_(dc_T)
+        dc = dy.new_zeros(B, H) if dc_T is None else dc_T.clone(memory_format=torch.contiguous_format)  # dL/dc_t, stepping back
+        kernels = step_kernels(z_all.dtype) if z_all.device.type == "cpu" else None
         with torch.inference_mode():  # every tensor kept or returned was allocated outside: none is an inference tensor
-            # The per-step views, made once: cheaper than indexing in the loop.
-            dh_out_s, fs, dc_per_dhs, dz_o_per_dhs, dz_ifg_per_dcs = (v.unbind(0) for v in (dh_outs, f, dc_per_dh, dz_o_per_dh, dz_ifg_per_dc))
-            dzs, dz_ifgs, dz_os = dz_all.unbind(0), dz_all[..., : 3 * H].unflatten(-1, (3, H)).unbind(0), dz_all[..., 3 * H :].unbind(0)
-            ms = None if masks is None else masks.unbind(0)
-            for t in range(T - 1, -1, -1):
-                dh_out, dh_prev = dh_out_s[t + 1], dh_out_s[t]
-                if ms is None:
-                    dh, dc = dh_out, dc_state
-                else:
-                    m = ms[t]
-                    dh, dc = torch.where(m, dh_out, 0), torch.where(m, dc_state, 0)
-                dc = dc.addcmul_(dh, dc_per_dhs[t])
-                torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
-                torch.mul(dz_ifg_per_dcs[t], dc.unsqueeze(1), out=dz_ifgs[t])
-                if recurrent_mask is None:  # dh_prev is dL/dy_{t-1} so far: add the recurrent share in place
-                    dh_prev.addmm_(dzs[t], weight_hh)
-                else:
-                    dh_prev.addcmul_(dzs[t] @ weight_hh, recurrent_mask)
-                torch.mul(dc, fs[t], out=dc_next)
-                if ms is not None:
-                    dh_prev += torch.where(m, 0, dh_out)
-                    dc_next += torch.where(m, 0, dc_state)
-                dc_state, dc_next = dc_next, dc_state
+            steps = _backward_steps if kernels is None else partial(_backward_steps_in_c, kernels)
+            dc = steps(z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all)
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
-        return dz_all, dh_outs[0], dc_state, dweight_hh, None, None
+        return dz_all, dh_outs[0], dc, dweight_hh, None, None
+
+
+# The steps with torch ops. The per-step views are made once: cheaper than indexing in the loop.
+
+def _forward_steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask) -> None:
+    """The forward loop, in place: z_all (T, B, 4H) from p_t to the activated gates; h_all, c_all (T + 1, B, H); tanh_c_all (T, B, H)."""
+    H = h_all.shape[-1]
+    w_t = weight_hh.T  # (H, 4H)
+    h_in = h_all.new_empty(h_all.shape[1:])
+    zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
+    is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
+    hs, cs, tanh_cs = h_all.unbind(0), c_all.unbind(0), tanh_c_all.unbind(0)
+    ms = None if masks is None else masks.unsqueeze(-1).unbind(0)  # each (B, 1)
+    for t in range(z_all.shape[0]):
+        h_prev, c_prev, c, h = hs[t], cs[t], cs[t + 1], hs[t + 1]
+        zs[t].addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
+        if_parts[t].sigmoid_()
+        gs[t].tanh_()
+        os[t].sigmoid_()
+        torch.mul(fs[t], c_prev, out=c).addcmul_(is_[t], gs[t])
+        torch.mul(os[t], torch.tanh(c, out=tanh_cs[t]), out=h)
+        if ms is not None:
+            torch.where(ms[t], c, c_prev, out=c)
+            torch.where(ms[t], h, h_prev, out=h)
+
+
+def _backward_steps(z_all, c_all, tanh_c, weight_hh, masks, recurrent_mask, dh_outs, dc_state, dz_all) -> Tensor:
+    """The reverse loop: fills dz_all (T, B, 4H), adds the recurrent share into dh_outs (T + 1, B, H)
+    (dh_outs[0] ends as dL/dh_0), and returns dL/dc_0 from dc_state = dL/dc_T."""
+    T, B, four_h = z_all.shape
+    H = four_h // 4
+    i, f, g, o = z_all.split(H, dim=2)  # each (T, B, H)
+    c_prev = c_all[:-1]
+    # The factors of the derivation that do not depend on dh, dc: all steps at once, each a
+    # pass or two over (T, B, H) through the products they share (addcmul(a, b, c, value=-1) is a - b c).
+    o_tanh_c = o * tanh_c
+    dz_o_per_dh = torch.addcmul(o_tanh_c, o_tanh_c, o, value=-1)  # tanh(c) o (1 - o)
+    dc_per_dh = torch.addcmul(o, o_tanh_c, tanh_c, value=-1)  # o (1 - tanh(c)^2)
+    dz_ifg_per_dc = z_all.new_empty(T, B, 3, H)  # the i, f, g factors side by side, as dz holds them
+    i_g = i * g
+    torch.addcmul(i_g, i_g, i, value=-1, out=dz_ifg_per_dc[:, :, 0])  # g i (1 - i)
+    torch.mul(torch.addcmul(f, f, f, value=-1), c_prev, out=dz_ifg_per_dc[:, :, 1])  # c_prev f (1 - f)
+    torch.addcmul(i, i_g, g, value=-1, out=dz_ifg_per_dc[:, :, 2])  # i (1 - g^2)
+    if masks is not None:  # masked steps get no gradient, whatever (even NaN) their gates hold
+        masks = masks.unsqueeze(-1)  # (T, B, 1)
+        dz_o_per_dh.masked_fill_(~masks, 0)
+        dc_per_dh.masked_fill_(~masks, 0)
+        dz_ifg_per_dc.masked_fill_(~masks.unsqueeze(-1), 0)
+        f = f.masked_fill(~masks, 0)
+    dc_next = torch.empty_like(dc_state)  # dL/dc_{t-1} as it is computed
+    dh_out_s, fs, dc_per_dhs, dz_o_per_dhs, dz_ifg_per_dcs = (v.unbind(0) for v in (dh_outs, f, dc_per_dh, dz_o_per_dh, dz_ifg_per_dc))
+    dzs, dz_ifgs, dz_os = dz_all.unbind(0), dz_all[..., : 3 * H].unflatten(-1, (3, H)).unbind(0), dz_all[..., 3 * H :].unbind(0)
+    ms = None if masks is None else masks.unbind(0)
+    for t in range(T - 1, -1, -1):
+        dh_out, dh_prev = dh_out_s[t + 1], dh_out_s[t]
+        if ms is None:
+            dh, dc = dh_out, dc_state
+        else:
+            m = ms[t]
+            dh, dc = torch.where(m, dh_out, 0), torch.where(m, dc_state, 0)
+        dc = dc.addcmul_(dh, dc_per_dhs[t])
+        torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
+        torch.mul(dz_ifg_per_dcs[t], dc.unsqueeze(1), out=dz_ifgs[t])
+        if recurrent_mask is None:  # dh_prev is dL/dy_{t-1} so far: add the recurrent share in place
+            dh_prev.addmm_(dzs[t], weight_hh)
+        else:
+            dh_prev.addcmul_(dzs[t] @ weight_hh, recurrent_mask)
+        torch.mul(dc, fs[t], out=dc_next)
+        if ms is not None:
+            dh_prev += torch.where(m, 0, dh_out)
+            dc_next += torch.where(m, 0, dc_state)
+        dc_state, dc_next = dc_next, dc_state
+    return dc_state
+
+
+# The same steps with the gate math in C (csrc/lstm_steps.c: the same equations, one pass per
+# step); the matmuls stay in torch. Its functions take the address of each step's rows.
+
+def _step_addresses(x: Tensor) -> list[int]:
+    """The address of each x[t] of a contiguous x (T, ...)."""
+    return [x.data_ptr() + t * x.stride(0) * x.element_size() for t in range(x.shape[0])]
+
+
+def _forward_steps_in_c(kernels: StepKernels, z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask) -> None:
+    """As `_forward_steps`."""
+    T, B, four_h = z_all.shape
+    H = four_h // 4
+    w_t = weight_hh.T  # (H, 4H)
+    h_in = h_all.new_empty(B, H)
+    zs, hs = z_all.unbind(0), h_all.unbind(0)
+    z_at, h_at, c_at, tanh_c_at = map(_step_addresses, (z_all, h_all, c_all, tanh_c_all))
+    mask_at = [None] * T if masks is None else _step_addresses(masks)
+    for t in range(T):
+        zs[t].addmm_(hs[t] if recurrent_mask is None else torch.mul(hs[t], recurrent_mask, out=h_in), w_t)
+        kernels.forward(B, H, z_at[t], c_at[t], h_at[t], c_at[t + 1], h_at[t + 1], tanh_c_at[t], mask_at[t])
+
+
+def _backward_steps_in_c(kernels: StepKernels, z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all) -> Tensor:
+    """As `_backward_steps`; dc is updated in place."""
+    T, B, four_h = z_all.shape
+    H = four_h // 4
+    dzs, dh_out_s = dz_all.unbind(0), dh_outs.unbind(0)
+    z_at, c_at, tanh_c_at, dh_at, dz_at = map(_step_addresses, (z_all, c_all, tanh_c_all, dh_outs, dz_all))
+    mask_at = [None] * T if masks is None else _step_addresses(masks)
+    for t in range(T - 1, -1, -1):
+        kernels.backward(B, H, z_at[t], c_at[t], tanh_c_at[t], dh_at[t + 1], dh_at[t], dc.data_ptr(), dz_at[t], mask_at[t])
+        if recurrent_mask is None:  # dh_prev is dL/dy_{t-1} so far: add the recurrent share in place
+            dh_out_s[t].addmm_(dzs[t], weight_hh)
+        else:
+            dh_out_s[t].addcmul_(dzs[t] @ weight_hh, recurrent_mask)
+    return dc
 
 
 def lstm_recurrence(

@@ -1,0 +1,99 @@
+"""`longshort.native`: the fused LSTM's gate math in C. It builds here, agrees with the torch-ops
+version of the same kernel, keeps NaN a NaN, and where it cannot build the kernel falls back
+to torch ops and says why. (Float64 gradcheck of the C backward: test_fused_kernels.py, "lstm".)
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+
+import pytest
+import torch
+
+import longshort as ls
+from longshort import native
+
+CAN_BUILD = shutil.which("cc") is not None and platform.machine() == "x86_64" and platform.libc_ver()[0] == "glibc" \
+    and tuple(map(int, platform.libc_ver()[1].split(".")[:2])) >= (2, 35)
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """An empty cache and a module that has not tried to build yet (restored afterwards)."""
+    monkeypatch.setenv("LONGSHORT_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_failure", None)
+    return tmp_path
+
+
+def training_step(layer: ls.LSTM, x: torch.Tensor, lengths=None):
+    x = x.clone().requires_grad_()
+    y = layer(x, lengths=lengths)
+    (y * torch.linspace(-1, 1, y.shape[-1], dtype=x.dtype)).sum().backward()
+    return [y.detach(), x.grad] + [p.grad.clone() for p in layer.parameters()]
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
+def test_it_builds_here_and_is_cached(fresh_build):
+    assert native.status().startswith("C (")
+    assert native.step_kernels(torch.float32) is not None and native.step_kernels(torch.float64) is not None
+    assert native.step_kernels(torch.bfloat16) is None  # other dtypes keep to torch ops
+    built = list(fresh_build.glob("lstm_steps-*.so"))
+    assert len(built) == 1 and not list(fresh_build.glob("*.partial"))
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
+def test_c_and_torch_ops_agree(monkeypatch, dtype, masked, recurrent_dropout):
+    """An odd width (37 units: the vector loops' remainder) and padding in the middle of the batch."""
+    torch.manual_seed(0)
+    layer = ls.LSTM(37, return_sequences=True, recurrent_dropout=recurrent_dropout, implementation="fused").to(dtype)
+    x = torch.randn(5, 9, 11, dtype=dtype)
+    lengths = torch.tensor([9, 3, 1, 7, 9]) if masked else None
+    layer(x)  # builds the (lazy) layer: its weights are drawn now, not after the seed below
+    results = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("LONGSHORT_NATIVE", switch)
+        torch.manual_seed(1)  # the same recurrent dropout mask
+        layer.zero_grad()
+        results[switch] = training_step(layer, x, lengths)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for c_version, torch_version in zip(results["1"], results["0"]):
+        torch.testing.assert_close(c_version, torch_version, atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
+def test_nan_stays_nan():
+    layer = ls.LSTM(8, return_sequences=True, implementation="fused")
+    x = torch.randn(2, 4, 3)
+    x[1, 2, 0] = float("nan")
+    y = layer(x)
+    assert torch.isnan(y[1, 2:]).all() and not torch.isnan(y[0]).any() and not torch.isnan(y[1, :2]).any()
+
+
+def test_without_a_compiler_it_runs_torch_ops_and_says_why(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert native.step_kernels(torch.float32) is None
+    assert native.status().startswith("torch ops: the C version could not be built (could not run the C compiler '/nonexistent/cc'")
+    torch.manual_seed(0)
+    layer = ls.LSTM(6, input_size=4, return_sequences=True, implementation="fused")
+    x = torch.randn(3, 5, 4)
+    reference = ls.LSTM(6, input_size=4, return_sequences=True, implementation="loop")
+    reference.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x), reference(x))
+
+
+def test_a_compile_error_is_reported(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    assert native.step_kernels(torch.float64) is None
+    assert native.status() == "torch ops: the C version could not be built (false failed: 1)"
+    assert not list(fresh_build.glob("*")), "no half-built file is left behind"
+
+
+def test_switched_off(monkeypatch):
+    monkeypatch.setenv("LONGSHORT_NATIVE", "0")
+    assert native.step_kernels(torch.float32) is None
+    assert native.status() == "torch ops: LONGSHORT_NATIVE=0"
