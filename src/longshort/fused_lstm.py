@@ -75,7 +75,7 @@ class LSTMRecurrence(torch.autograd.Function):
         kernels = step_kernels(p.dtype) if p.device.type == "cpu" else None
         with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
             steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
-            steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask)
+            steps(z_all, h_all, c_all, tanh_c_all, _in_step_layout(weight_hh, B), masks, recurrent_mask)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks.unsqueeze(-1)
@@ -101,10 +101,17 @@ class LSTMRecurrence(torch.autograd.Function):
         kernels = step_kernels(z_all.dtype) if z_all.device.type == "cpu" else None
         with torch.inference_mode():  # every tensor kept or returned was allocated outside: none is an inference tensor
             steps = _backward_steps if kernels is None else partial(_backward_steps_in_c, kernels)
-            dc = steps(z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all)
+            dc = steps(z_all, c_all, tanh_c_all, _in_step_layout(weight_hh, B), masks, recurrent_mask, dh_outs, dc, dz_all)
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
         return dz_all, dh_outs[0], dc, dweight_hh, None, None
+
+
+def _in_step_layout(weight_hh: Tensor, batch: int) -> Tensor:
+    """weight_hh (4H, H), laid out in memory for the per-step matmuls: as it is, except at a batch
+    of one or two, where a step's matmul is a matrix-vector product, faster with the transpose
+    contiguous both ways (B=1, H=256 here: 19 us instead of 26 forward, 19 instead of 23 backward)."""
+    return weight_hh.T.contiguous().T if batch <= 2 else weight_hh
 
 
 # The steps with torch ops. The per-step views are made once: cheaper than indexing in the loop.
