@@ -46,6 +46,14 @@ is most of its time: the per-step views of every buffer are made once before eac
 both loops run under `torch.inference_mode()` (they record nothing for autograd, and inference
 mode skips the dispatcher's autograd layer). Every tensor a loop writes that is kept or
 returned is allocated before it, so none comes out as an inference tensor.
+
+Gate math in C. Where `longshort.native` can build `csrc/lstm_steps.c` (float32 and float64 on
+CPU), a step's gate math, forward and backward, is one call into C instead of the torch ops
+below (`_forward_steps_in_c`, `_backward_steps_in_c`); the matmuls stay in torch. The C backward
+step computes the factors above from the saved gates as it goes, so it needs no precomputed
+factors. The torch-ops steps (`_forward_steps`, `_backward_steps`) are the reference: they run
+where the C version cannot be built, or with LONGSHORT_NATIVE=0, and the tests hold both to
+the autograd loop and to each other.
 """
 
 from __future__ import annotations
