@@ -93,6 +93,14 @@ def test_a_compile_error_is_reported(fresh_build, monkeypatch):
     assert not list(fresh_build.glob("*")), "no half-built file is left behind"
 
 
+def test_an_unwritable_cache_is_reported(fresh_build, monkeypatch):
+    not_a_folder = fresh_build / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("LONGSHORT_CACHE", str(not_a_folder / "cache"))
+    assert native.step_kernels(torch.float32) is None
+    assert native.status().startswith(f"torch ops: the C version could not be built (cannot write to the cache folder {not_a_folder / 'cache'} (Not a directory")
+
+
 def test_switched_off(monkeypatch):
     monkeypatch.setenv("LONGSHORT_NATIVE", "0")
     assert native.step_kernels(torch.float32) is None

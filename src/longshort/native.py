@@ -71,9 +71,12 @@ def _build() -> ctypes.CDLL:
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _cpu_flags().encode()]))
     library = _cache_dir() / f"lstm_steps-{key.hexdigest()[:16]}.so"
     if not library.exists():
-        library.parent.mkdir(parents=True, exist_ok=True)
-        # Into a temporary name first, then renamed: processes that build at once never load a half-written file.
-        handle, partial = tempfile.mkstemp(dir=library.parent, prefix=library.stem, suffix=".partial")
+        try:
+            library.parent.mkdir(parents=True, exist_ok=True)
+            # Into a temporary name first, then renamed: processes that build at once never load a half-written file.
+            handle, partial = tempfile.mkstemp(dir=library.parent, prefix=library.stem, suffix=".partial")
+        except OSError as error:
+            raise OSError(f"cannot write to the cache folder {library.parent} ({error.strerror}; LONGSHORT_CACHE sets another)") from None
         os.close(handle)
         try:
             result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial, "-lm"], capture_output=True, text=True, timeout=120)
