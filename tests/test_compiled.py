@@ -266,3 +266,48 @@ def outputs_and_grads_of(layer: ls.RNN, x: torch.Tensor) -> list[torch.Tensor]:
     inputs = [x, *layer.parameters()]
     grads = torch.autograd.grad(y.sin().sum(), inputs, allow_unused=True)
     return [y, *(torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs))]
+
+
+# -- the input side of a cell without project_input / recur, hoisted out of the loop ---------------
+class TwoInputSidesCell(MinimalRNNCell):
+    """Two tensors computed from x_t meet the state apart: there is no single p_t to hand over."""
+
+    def forward(self, x_t, h_prev):
+        h = torch.tanh(self.kernel(x_t) + self.recurrent_kernel(h_prev)) * torch.sigmoid(x_t.sum(-1, keepdim=True))
+        return h, h
+
+
+class ModeDependentCell(MinimalRNNCell):
+    """A step that differs between training and evaluation: one trace cannot serve both."""
+
+    def forward(self, x_t, h_prev):
+        h = torch.tanh(self.kernel(x_t) * (0.5 if self.training else 1.0) + self.recurrent_kernel(h_prev))
+        return h, h
+
+
+class FixedBatchCell(MinimalRNNCell):
+    """A step whose trace holds the batch size as a number: its input side cannot run on all rows at once."""
+
+    def forward(self, x_t, h_prev):
+        p = self.kernel(x_t).reshape(x_t.shape[0], 2, 2).flip(1).reshape(x_t.shape[0], 4)
+        h = torch.tanh(p + self.recurrent_kernel(h_prev))
+        return h, h
+
+
+@pytest.mark.parametrize("cell, hoisted", [(MinimalRNNCell, True), (TwoInputSidesCell, False), (ModeDependentCell, False),
+                                           (FixedBatchCell, False)], ids=["splits", "two input sides", "mode", "batch size"])
+def test_the_input_side_of_a_plain_cell_leaves_the_loop_where_it_splits_cleanly(cell, hoisted):
+    torch.manual_seed(4)
+    options = dict(return_sequences=True, return_state=True)
+    reference = ls.RNN(cell(4, 3), implementation="loop", **options).double()
+    layer = ls.RNN(copy.deepcopy(reference.cell), implementation="compiled", **options)
+    x, initial = torch.randn(3, 5, 3, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    for training in (True, False):
+        reference.train(training), layer.train(training)
+        for ours, theirs in zip(outputs_and_grads(layer, x, initial), outputs_and_grads(reference, x, initial)):
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    assert (layer._compiled_loop.last_split is not None) is hoisted
+    if hoisted:  # the hoisted projection and its backward, by finite differences too
+        x = x[:2, :3].clone().requires_grad_()
+        assert gradcheck(lambda x, h: layer(x, initial_state=h)[0], (x, initial[:2].clone().requires_grad_()))
+

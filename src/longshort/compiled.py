@@ -9,7 +9,10 @@ over all steps.
 
 Backward through time, for any cell. A step is F(p_t, s_{t-1}; theta) = (y_t, s_t): the cell's
 `recur(p_t, state)` with `p_t = project_input(x_t)` hoisted out of the loop (one matmul for the
-whole sequence) when the cell has them, else its `forward(x_t, state)` with p_t = x_t. With
+whole sequence) when the cell has them, else its `forward(x_t, state)` with p_t = x_t. A cell
+without them usually still has an input side, W_ih x_t + b say, computed from x_t and the
+weights alone; `split_input_side` finds it in the traced step and, where it meets the state
+through one (B, G) tensor, hoists it as if the cell had declared it. With
 `dy_t` = dL/dy_t and `lam_t` = dL/ds_t through every later step (lam_T from the final state):
 
     lam_{t-1} = (dF/ds_{t-1})^T (dy_t, lam_t)            t = T..1, one compiled call each
@@ -52,6 +55,7 @@ import copy
 import logging
 import time
 import warnings
+from operator import attrgetter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -72,14 +76,17 @@ class CompileRefused(ValueError):
 
 class _Step(nn.Module):
     """One step of `cell` as a module of its own, so `functional_call` can put graph inputs in
-    place of its parameters: `recur(p_t, state)` when the input projection is hoisted, else `cell(x_t, state)`."""
+    place of its parameters: `recur(p_t, state)` when the input projection is hoisted (the cell's
+    own, or from a `split` of its traced step), else `cell(x_t, state)`."""
 
     def __init__(self, cell: nn.Module, hoisted: bool) -> None:
         super().__init__()
         self.cell = cell
         self.hoisted = hoisted
 
-    def forward(self, input_t: Tensor, state):
+    def forward(self, input_t: Tensor, state, split: Optional["_InputSplit"] = None):
+        if split is not None:
+            return split.recur(input_t, state)
         return self.cell.recur(input_t, state) if self.hoisted else self.cell(input_t, state)
 
 
@@ -130,6 +137,10 @@ class CompiledLoop:
         self.cell = cell
         self.hoisted = hoists_input(cell)
         self.step_module = _Step(cell, self.hoisted)
+        # A cell without project_input / recur: its step split at the input side, traced once per
+        # batch size, input shape, dtype and mode (None where it does not split; `split_input_side`).
+        self.splits: dict[tuple, Optional[_InputSplit]] = {}
+        self.last_split: Optional[_InputSplit] = None
         self.steps: dict[tuple, CompiledStep] = {}
         self.compile_seconds = 0.0
 
@@ -145,15 +156,19 @@ class CompiledLoop:
     # -- running a sequence ---------------------------------------------------------------------
     def run(self, x: Tensor, state, mask: Optional[Tensor]):
         """x (B, T, F), the initial state and the step mask (B, T) -> all outputs (B, T, ...), the last real one, the final state."""
-        inputs = self.cell.project_input(x) if self.hoisted else x  # (B, T, G*H) or (B, T, F)
+        split = None if self.hoisted else self._split(x, state)
+        if self.hoisted:
+            inputs = self.cell.project_input(x)  # (B, T, G)
+        else:
+            inputs = x if split is None else split.project_input(x)  # (B, T, F) or (B, T, G)
         inputs = inputs.transpose(0, 1).contiguous()  # (T, B, ...): step t reads a contiguous inputs[t]
         named = self._named_tensors()
         names, tensors = [name for name, _ in named], [tensor for _, tensor in named]
         leaves = [leaf.contiguous() for leaf in flatten_state(state)]
-        compiled = self._compiled_step(tensors, inputs[0], _rebuild(state, leaves))
+        compiled = self._compiled_step(tensors, inputs[0], _rebuild(state, leaves), split)
         step_mask = None if mask is None else mask.transpose(0, 1).contiguous()  # (T, B)
         outputs, *final = _CompiledRecurrence.apply(
-            _Recurrence(self, compiled, names, step_mask, state), inputs, *leaves, *tensors
+            _Recurrence(self, compiled, names, step_mask, state, split), inputs, *leaves, *tensors
         )
         outputs = outputs.transpose(0, 1)  # (B, T, ...)
         return outputs, _last_output(outputs, mask), _rebuild(state, final)
@@ -162,23 +177,33 @@ class CompiledLoop:
         """The step module's parameters and buffers, which the compiled step takes as inputs."""
         return list(self.step_module.named_parameters()) + list(self.step_module.named_buffers())
 
-    def step(self, names: Sequence[str], tensors: Sequence[Tensor], input_t: Tensor, state):
-        """One step of the cell, eagerly, with `tensors` in place of its parameters and buffers."""
-        return torch.func.functional_call(self.step_module, dict(zip(names, tensors)), (input_t, state))
+    def step(self, names: Sequence[str], tensors: Sequence[Tensor], input_t: Tensor, state, split: Optional["_InputSplit"] = None):
+        """One step of the cell (`recur` of `split` if given), eagerly, with `tensors` in place of its parameters and buffers."""
+        return torch.func.functional_call(self.step_module, dict(zip(names, tensors)), (input_t, state, split))
+
+    def _split(self, x: Tensor, state) -> Optional["_InputSplit"]:
+        key = (self.cell.training, x.shape[0], x.shape[2:], x.dtype, x.device)
+        if key not in self.splits:
+            self.splits[key] = split_input_side(self, x[:, 0], state)
+            if self.splits[key] is not None:
+                logger.info("%s: the part of its step that reads only x_t and the weights runs once for all steps",
+                            type(self.cell).__name__)
+        self.last_split = self.splits[key]
+        return self.last_split
 
     # -- tracing and compiling ------------------------------------------------------------------
-    def _compiled_step(self, tensors: Sequence[Tensor], input_t: Tensor, state) -> CompiledStep:
+    def _compiled_step(self, tensors: Sequence[Tensor], input_t: Tensor, state, split: Optional["_InputSplit"]) -> CompiledStep:
         leaves = flatten_state(state)
-        key = (self.cell.training,) + tuple((t.shape, t.stride(), t.dtype, t.device) for t in (*tensors, input_t, *leaves))
+        key = (self.cell.training, split is not None) + tuple((t.shape, t.stride(), t.dtype, t.device) for t in (*tensors, input_t, *leaves))
         if key not in self.steps:
-            compiled = self._trace_and_compile(tensors, input_t, state)
+            compiled = self._trace_and_compile(tensors, input_t, state, split)
             self.steps[key] = compiled
             self.compile_seconds += compiled.seconds
             logger.info("compiled the step of %s for input %s in %.1f s", type(self.cell).__name__,
                         tuple(input_t.shape), compiled.seconds)
         return self.steps[key]
 
-    def _trace_and_compile(self, tensors: Sequence[Tensor], input_t: Tensor, state) -> CompiledStep:
+    def _trace_and_compile(self, tensors: Sequence[Tensor], input_t: Tensor, state, split: Optional["_InputSplit"]) -> CompiledStep:
         from torch._functorch.partitioners import min_cut_rematerialization_partition
         from torch._inductor.decomposition import select_decomp_table
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -188,7 +213,7 @@ class CompiledLoop:
         tensors = [t.detach() for t in tensors]
         leaves = [leaf.detach() for leaf in flatten_state(state)]
         with torch.no_grad():
-            y, new_state = self.step(names, tensors, input_t.detach(), state)
+            y, new_state = self.step(names, tensors, input_t.detach(), state, split)
         _check_step_output(y, new_state, state)
         outputs = [y, *flatten_state(new_state)]
 
@@ -197,7 +222,7 @@ class CompiledLoop:
             *params, input_t, = primals[: len(tensors) + 1]
             step_leaves = primals[len(tensors) + 1 :]
             with torch.enable_grad():
-                y, new_state = self.step(names, params, input_t, _rebuild(state, step_leaves))
+                y, new_state = self.step(names, params, input_t, _rebuild(state, step_leaves), split)
                 outs = [y, *flatten_state(new_state)]
                 pairs = [(out, tangent) for out, tangent in zip(outs, tangents) if out.requires_grad]
                 grads = torch.autograd.grad([o for o, _ in pairs], step_leaves, [t for _, t in pairs], allow_unused=True) if pairs else [None] * len(step_leaves)
@@ -208,7 +233,7 @@ class CompiledLoop:
         tangents = [torch.zeros_like(out, memory_format=torch.contiguous_format) for out in outputs]
         graph = make_fx(joint, decomposition_table=select_decomp_table())(primals, tangents)
         _check_graph(graph, type(self.cell).__name__)
-        _check_rows(lambda i, s: self.step(names, tensors, i, s), input_t.detach(), state)
+        _check_rows(lambda i, s: self.step(names, tensors, i, s, split), input_t.detach(), state)
         forward_graph, backward_graph = min_cut_rematerialization_partition(
             graph, (primals, tangents), num_fwd_outputs=len(outputs)
         )
@@ -226,6 +251,140 @@ class CompiledLoop:
             forward_call = _contiguous_outputs(forward_call, range(1, n + 1))
             backward_call = _contiguous_outputs(backward_call, range(n))
         return CompiledStep(forward_call, backward_call, arguments, n, time.perf_counter() - start)
+
+
+# -- hoisting the input side of any cell -----------------------------------------------------------
+# A cell without `project_input` / `recur` usually still computes something from x_t and its weights
+# alone, W_ih x_t + b say, before it meets the state. Traced, that part of the step is the nodes that
+# depend on x_t but not on the state; where they meet the state through one (B, G) tensor p_t, the
+# step splits in two: project_input (those nodes, run once over all T * B rows, one large matmul
+# under autograd) and recur(p_t, state) (the rest), which the compiled path then runs as it runs a
+# cell that declares them.
+
+
+class _InputSplit:
+    """`cell` as `project_input` / `recur`, from the two halves of its traced step: ATen graphs that
+    take the cell's parameters and buffers (`names`, read from the cell as they are at the call, so
+    also as `functional_call` places them) as their first inputs."""
+
+    def __init__(self, cell: nn.Module, names: list[str], project: torch.fx.GraphModule, recur: torch.fx.GraphModule) -> None:
+        self.cell = cell
+        self.names = names
+        self.graphs = (project, recur)
+
+    def _tensors(self) -> list[Tensor]:
+        return [attrgetter(name)(self.cell) for name in self.names]
+
+    def project_input(self, x: Tensor) -> Tensor:
+        B, T = x.shape[:2]
+        p = self.graphs[0](*self._tensors(), x.reshape(B * T, *x.shape[2:]))  # (B*T, G): all steps as rows
+        return p.reshape(B, T, *p.shape[1:])  # (B, T, G)
+
+    def recur(self, p_t: Tensor, state):
+        y, *leaves = self.graphs[1](*self._tensors(), p_t, *flatten_state(state))
+        return y, _rebuild(state, leaves)
+
+
+def split_input_side(loop: "CompiledLoop", input_t: Tensor, state) -> Optional[_InputSplit]:
+    """The cell's step split at its input side, or None where it does not split cleanly: no single
+    (B, G) tensor between the parts, a step that traces differently in training and evaluation,
+    a projection whose rows are not independent or that fixes the batch size, or a split that
+    does not reproduce the step."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    named = loop._named_tensors()
+    names, tensors = [name for name, _ in named], [t.detach() for _, t in named]
+    leaves = [leaf.detach().contiguous() for leaf in flatten_state(state)]
+    input_t = input_t.detach()
+
+    def step(tensors: list[Tensor], input_t: Tensor, *leaves: Tensor) -> list[Tensor]:
+        y, new_state = loop.step(names, tensors, input_t, _rebuild(state, leaves))
+        return [y, *flatten_state(new_state)]
+
+    try:
+        with torch.no_grad():
+            traced = make_fx(step)(tensors, input_t, *leaves)
+            with _mode_flipped(loop.cell):
+                other_mode = make_fx(step)(tensors, input_t, *leaves)
+        if traced.code != other_mode.code:
+            return None
+        _check_graph(traced, type(loop.cell).__name__)
+        halves = _split_graph(traced, len(tensors))
+        if halves is None:
+            return None
+        split = _InputSplit(loop.cell, [name.removeprefix("cell.") for name in names], *halves)
+        with torch.no_grad():
+            want = step(tensors, input_t, *leaves)
+            p_t = split.graphs[0](*tensors, input_t)
+            got = split.graphs[1](*tensors, p_t, *leaves)
+            others = [input_t * 0.5 - 0.25, input_t.flip(0)]  # three batches stacked: rows apart, and a new row count
+            stacked = split.graphs[0](*tensors, torch.cat([input_t, *others]))
+            apart = torch.cat([p_t, *(split.graphs[0](*tensors, other) for other in others)])
+        if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True) for a, b in zip([*got, stacked], [*want, apart])):
+            return None
+        return split
+    except Exception:  # noqa: BLE001 - a step that does not split runs unsplit, as before
+        return None
+
+
+class _mode_flipped:
+    """Every module of `module` in the other of training / evaluation mode, for the `with` block."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.modes = [(m, m.training) for m in module.modules()]
+
+    def __enter__(self) -> None:
+        for m, training in self.modes:
+            m.training = not training
+
+    def __exit__(self, *error) -> None:
+        for m, training in self.modes:
+            m.training = training
+
+
+def _split_graph(traced: torch.fx.GraphModule, n_tensors: int) -> Optional[tuple[torch.fx.GraphModule, torch.fx.GraphModule]]:
+    """The traced step [*tensors, input_t, *leaves] -> [y, *leaves] as (project: [*tensors, input_t] -> p_t,
+    recur: [*tensors, p_t, *leaves] -> [y, *leaves]), or None."""
+    nodes = list(traced.graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    output = nodes[-1]
+    input_node, leaves = placeholders[n_tensors], placeholders[n_tensors + 1 :]
+    on_input, on_state = {input_node}, set(leaves)
+    for node in nodes:
+        if node.op not in ("placeholder", "output"):
+            if any(arg in on_state for arg in node.all_input_nodes):
+                on_state.add(node)
+            if any(arg in on_input for arg in node.all_input_nodes):
+                on_input.add(node)
+    input_side = on_input - on_state
+    meets = [n for n in input_side if any(user is output or user in on_state for user in n.users)]
+    if len(meets) != 1 or meets[0] is input_node or output in meets[0].users:
+        return None
+    (p_node,) = meets
+    value, batch = p_node.meta.get("val"), input_node.meta["val"].shape[0]
+    if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[0] != batch:
+        return None
+
+    project, recur = torch.fx.Graph(), torch.fx.Graph()
+    in_project, in_recur = {}, {}
+    for node in nodes:
+        if node.op == "placeholder":
+            if node not in leaves:
+                in_project[node] = project.placeholder(node.name)
+            in_recur[p_node if node is input_node else node] = recur.placeholder("p_t" if node is input_node else node.name)
+        elif node.op == "output":
+            recur.node_copy(node, lambda n: in_recur[n])
+        else:
+            if node not in on_state:
+                in_project[node] = project.node_copy(node, lambda n: in_project[n])
+            if node not in input_side:
+                in_recur[node] = recur.node_copy(node, lambda n: in_recur[n])
+    project.output(in_project[p_node])
+    halves = []
+    for graph in (project, recur):
+        graph.eliminate_dead_code()
+        halves.append(torch.fx.GraphModule(traced, graph))
+    return halves[0], halves[1]
 
 
 def _contiguous_outputs(call: Call, positions: range) -> Call:
@@ -341,6 +500,7 @@ class _Recurrence:
     names: Sequence[str]
     step_mask: Optional[Tensor]  # (T, B) bool, True at real steps
     template: Any  # a state of the cell's structure
+    split: Optional["_InputSplit"]  # the cell's step split at its input side, if it was
 
 
 def _batch_view(m: Tensor, like: Tensor) -> Tensor:
@@ -441,7 +601,7 @@ def _steps_backward(run: _Recurrence, inputs: Tensor, previous, tensors, dys: Te
         states = [torch.where(_batch_view(real, s), s, 0) for s in states]
     with torch.enable_grad():
         differentiable = [x.detach().requires_grad_(want) for x, want in zip([step_inputs, *tensors], wanted)]
-        y, new_state = run.loop.step(run.names, differentiable[1:], differentiable[0], _rebuild(run.template, states))
+        y, new_state = run.loop.step(run.names, differentiable[1:], differentiable[0], _rebuild(run.template, states), run.split)
         outs = [y, *flatten_state(new_state)]
         cotangents = [rows(dys), *(rows(l) for l in lams)]
         pairs = [(out, cot) for out, cot in zip(outs, cotangents) if out.requires_grad]
