@@ -55,8 +55,8 @@ import copy
 import logging
 import time
 import warnings
-from operator import attrgetter
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Callable, Optional, Sequence
 
 import torch
