@@ -279,3 +279,20 @@ def test_gates_claims(tmp_path):
     summary = full_run("gates", tmp_path)
     assert summary["test_mse"] < 0.01
     assert summary["input_gate_marked"] > 2 * summary["input_gate_other"]
+
+
+def test_memory_progress_bar_counts_every_step_from_the_workers(tmp_path, monkeypatch):
+    """Reports from the worker processes can cross the queue after their job is done: the bar still ends full."""
+    import longshort.experiments.memory as memory
+
+    bars = []
+
+    class RecordingBar(memory.tqdm):
+        def close(self):
+            bars.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(memory, "tqdm", RecordingBar)
+    assert main(["experiment", "memory", *tiny_flags("memory"), "--workers=2", "--out", str(tmp_path)]) == 0
+    (counted, total), = bars
+    assert counted == total > 0

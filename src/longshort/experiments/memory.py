@@ -289,16 +289,23 @@ def train_all(jobs: list[Job], config: MemoryConfig, bar: tqdm) -> list[RunResul
     context = multiprocessing.get_context("spawn")  # not fork: torch's threads do not survive a fork
     progress = context.Queue()
     longest_first = sorted(range(len(jobs)), key=lambda index: -jobs[index].steps * jobs[index].length)
+    expected, received = sum(job.steps for job in jobs), 0  # every job reports exactly its steps
     with ProcessPoolExecutor(config.workers, mp_context=context, initializer=_start_worker, initargs=(progress,)) as pool:
         futures = {index: pool.submit(_train_in_worker, jobs[index], config) for index in longest_first}
-        while not all(future.done() for future in futures.values()):
+        # Until every job is done and its last report has crossed the queue (a worker's reports
+        # can arrive after its result); a job that failed leaves its steps unreported.
+        while not all(future.done() for future in futures.values()) or (received < expected and not _any_failed(futures)):
             try:
-                show(*progress.get(timeout=0.2))
+                steps, postfix = progress.get(timeout=0.2)
             except queue.Empty:
-                pass
-        while not progress.empty():
-            show(*progress.get())
+                continue
+            received += steps
+            show(steps, postfix)
         return [futures[index].result() for index in range(len(jobs))]
+
+
+def _any_failed(futures: dict) -> bool:
+    return any(future.done() and future.exception() is not None for future in futures.values())
 
 
 def run(config: MemoryConfig, out: Path, progress: bool = True) -> Report:
