@@ -2,7 +2,7 @@
 
 The fused LSTM (`longshort.fused_lstm`) runs a step as one torch matmul plus its gate math.
 Where this module can build the C version of the gate math, the fused LSTM calls it (through
-ctypes) instead of eight torch ops forward and five backward: at small batches those ops'
+ctypes) instead of seven torch ops forward and four backward: at small batches those ops'
 dispatch, not their arithmetic, is most of a step.
 
 Building. The first process that needs it compiles the source with the C compiler (`$CC`, else

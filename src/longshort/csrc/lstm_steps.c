@@ -1,7 +1,7 @@
 /* The fused LSTM's gate math of one step, forward and backward, in C.
  *
  * `longshort.fused_lstm` loops over time in Python. A step there is one recurrent matmul (torch)
- * and the gate math; done with torch ops, that math is eight small ops forward and a handful
+ * and the gate math; done with torch ops, that math is seven small ops forward and four
  * backward, and at small batches their dispatch costs more than the matmul. Here it is one pass
  * over the batch. The matmuls stay in torch. The derivation of the backward, in the symbols used
  * below, opens fused_lstm.py; fused_lstm.py also holds the same math in torch ops, which runs
