@@ -101,6 +101,16 @@ def test_an_unwritable_cache_is_reported(fresh_build, monkeypatch):
     assert native.status().startswith(f"torch ops: the C version could not be built (cannot write to the cache folder {not_a_folder / 'cache'} (Not a directory")
 
 
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs cc")
+def test_a_platform_without_vector_math_is_named(fresh_build, monkeypatch, tmp_path):
+    """Elsewhere than glibc >= 2.35 on x86-64 the source stops at its #error: the message says why."""
+    source = tmp_path / "lstm_steps.c"
+    source.write_text(native.SOURCE.read_text().replace("#if !(defined(__x86_64__)", "#if 1 || !(defined(__x86_64__)"))
+    monkeypatch.setattr(native, "SOURCE", source)
+    assert native.step_kernels(torch.float32) is None
+    assert "needs glibc >= 2.35 on x86-64 for vector exp and tanh (libmvec)" in native.status()
+
+
 def test_switched_off(monkeypatch):
     monkeypatch.setenv("LONGSHORT_NATIVE", "0")
     assert native.step_kernels(torch.float32) is None

@@ -81,7 +81,7 @@ def _build() -> ctypes.CDLL:
         try:
             result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial, "-lm"], capture_output=True, text=True, timeout=120)
             if result.returncode != 0:
-                raise OSError(f"{compiler} failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
+                raise OSError(f"{compiler} failed: {_first_error(result.stderr) or result.returncode}")
             os.replace(partial, library)
         except (subprocess.SubprocessError, FileNotFoundError) as error:
             raise OSError(f"could not run the C compiler {compiler!r} ({error})") from None
@@ -90,6 +90,12 @@ def _build() -> ctypes.CDLL:
                 os.remove(partial)
         logger.info("built the C gate math of the fused LSTM: %s", library)
     return ctypes.CDLL(str(library))
+
+
+def _first_error(stderr: str) -> str:
+    """The compiler's first error line (its message, not the caret lines under it)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return next((line for line in lines if "error" in line), lines[0] if lines else "")
 
 
 def _library_or_none() -> Optional[ctypes.CDLL]:
