@@ -89,7 +89,9 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(partial):
                 os.remove(partial)
         logger.info("built the C gate math of the fused LSTM: %s", library)
-    return ctypes.CDLL(str(library))
+    loaded = ctypes.CDLL(str(library))
+    loaded.path = library  # for status()
+    return loaded
 
 
 def _first_error(stderr: str) -> str:
@@ -133,4 +135,4 @@ def status() -> str:
         return "torch ops: LONGSHORT_NATIVE=0"
     if _library_or_none() is None:
         return f"torch ops: the C version could not be built ({_failure})"
-    return f"C ({_library._name})"
+    return f"C ({_library.path})"
