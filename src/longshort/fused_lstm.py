@@ -67,6 +67,7 @@ from torch.autograd.function import once_differentiable
 
 from longshort.native import StepKernels, step_kernels
 
+
 class LSTMRecurrence(torch.autograd.Function):
     """Time-major: p (T, B, 4H), h0, c0 (B, H), weight_hh (4H, H), step_mask (B, T) -> y (T, B, H), h_T, c_T."""
 
