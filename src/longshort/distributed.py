@@ -25,8 +25,10 @@ same as a single-process one (it is still correct data-parallel training).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -162,5 +164,12 @@ def process_group(timeout_minutes: float = 10.0) -> Iterator[Replicas]:
         raise DistributedError(f"cannot join the process group torchrun describes ({str(error).splitlines()[0]})") from None
     try:
         yield Replicas(dist.get_rank(), dist.get_world_size())
+    except BaseException as error:
+        # The traceback keeps the failed run's frames alive, and with them its DistributedDataParallel
+        # wrapper, whose reducer holds the group: let go of them first, or the group's threads can
+        # outlive the group and abort the process at exit (exit -6 instead of the error's 1).
+        traceback.clear_frames(error.__traceback__)
+        gc.collect()
+        raise
     finally:
         dist.destroy_process_group()
