@@ -306,7 +306,7 @@ def test_the_input_side_of_a_plain_cell_leaves_the_loop_where_it_splits_cleanly(
         reference.train(training), layer.train(training)
         for ours, theirs in zip(outputs_and_grads(layer, x, initial), outputs_and_grads(reference, x, initial)):
             torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
-    assert (layer._compiled_loop.last_split is not None) is hoisted
+    assert [split is not None for split in layer._compiled_loop.splits.values()] == [hoisted, hoisted]  # training, evaluation
     if hoisted:  # the hoisted projection and its backward, by finite differences too
         x = x[:2, :3].clone().requires_grad_()
         assert gradcheck(lambda x, h: layer(x, initial_state=h)[0], (x, initial[:2].clone().requires_grad_()))

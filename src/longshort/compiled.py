@@ -140,7 +140,6 @@ class CompiledLoop:
         # A cell without project_input / recur: its step split at the input side, traced once per
         # batch size, input shape, dtype and mode (None where it does not split; `split_input_side`).
         self.splits: dict[tuple, Optional[_InputSplit]] = {}
-        self.last_split: Optional[_InputSplit] = None
         self.steps: dict[tuple, CompiledStep] = {}
         self.compile_seconds = 0.0
 
@@ -157,10 +156,8 @@ class CompiledLoop:
     def run(self, x: Tensor, state, mask: Optional[Tensor]):
         """x (B, T, F), the initial state and the step mask (B, T) -> all outputs (B, T, ...), the last real one, the final state."""
         split = None if self.hoisted else self._split(x, state)
-        if self.hoisted:
-            inputs = self.cell.project_input(x)  # (B, T, G)
-        else:
-            inputs = x if split is None else split.project_input(x)  # (B, T, F) or (B, T, G)
+        projector = self.cell if self.hoisted else split  # what offers project_input, if anything
+        inputs = x if projector is None else projector.project_input(x)  # (B, T, G), or (B, T, F) unprojected
         inputs = inputs.transpose(0, 1).contiguous()  # (T, B, ...): step t reads a contiguous inputs[t]
         named = self._named_tensors()
         names, tensors = [name for name, _ in named], [tensor for _, tensor in named]
@@ -188,8 +185,7 @@ class CompiledLoop:
             if self.splits[key] is not None:
                 logger.info("%s: the part of its step that reads only x_t and the weights runs once for all steps",
                             type(self.cell).__name__)
-        self.last_split = self.splits[key]
-        return self.last_split
+        return self.splits[key]
 
     # -- tracing and compiling ------------------------------------------------------------------
     def _compiled_step(self, tensors: Sequence[Tensor], input_t: Tensor, state, split: Optional["_InputSplit"]) -> CompiledStep:

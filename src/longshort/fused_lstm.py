@@ -123,6 +123,21 @@ def _in_step_layout(weight_hh: Tensor, batch: int) -> Tensor:
     return weight_hh.T.contiguous().T if batch <= 2 else weight_hh
 
 
+# The recurrent matmul of a step and its gradient, shared by both versions of the steps.
+
+def _add_recurrent_share(z_t: Tensor, h_prev: Tensor, w_t: Tensor, recurrent_mask: Optional[Tensor], h_in: Tensor) -> None:
+    """z_t += (r h_prev) W_hh^T in place, r the recurrent dropout mask if any (h_in: a buffer for r h_prev)."""
+    z_t.addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
+
+
+def _add_recurrent_gradient(dh_prev: Tensor, dz_t: Tensor, weight_hh: Tensor, recurrent_mask: Optional[Tensor]) -> None:
+    """dh_prev += r (dz W_hh) in place: dh_prev holds dL/dy_{t-1} so far."""
+    if recurrent_mask is None:
+        dh_prev.addmm_(dz_t, weight_hh)
+    else:
+        dh_prev.addcmul_(dz_t @ weight_hh, recurrent_mask)
+
+
 # The steps with torch ops. The per-step views are made once: cheaper than indexing in the loop.
 
 def _forward_steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask) -> None:
@@ -136,7 +151,7 @@ def _forward_steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_
     ms = None if masks is None else masks.unsqueeze(-1).unbind(0)  # each (B, 1)
     for t in range(z_all.shape[0]):
         h_prev, c_prev, c, h = hs[t], cs[t], cs[t + 1], hs[t + 1]
-        zs[t].addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
+        _add_recurrent_share(zs[t], h_prev, w_t, recurrent_mask, h_in)
         if_parts[t].sigmoid_()
         gs[t].tanh_()
         os[t].sigmoid_()
@@ -184,10 +199,7 @@ def _backward_steps(z_all, c_all, tanh_c, weight_hh, masks, recurrent_mask, dh_o
         dc = dc.addcmul_(dh, dc_per_dhs[t])
         torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
         torch.mul(dz_ifg_per_dcs[t], dc.unsqueeze(1), out=dz_ifgs[t])
-        if recurrent_mask is None:  # dh_prev is dL/dy_{t-1} so far: add the recurrent share in place
-            dh_prev.addmm_(dzs[t], weight_hh)
-        else:
-            dh_prev.addcmul_(dzs[t] @ weight_hh, recurrent_mask)
+        _add_recurrent_gradient(dh_prev, dzs[t], weight_hh, recurrent_mask)
         torch.mul(dc, fs[t], out=dc_next)
         if ms is not None:
             dh_prev += torch.where(m, 0, dh_out)
@@ -214,7 +226,7 @@ def _forward_steps_in_c(kernels: StepKernels, z_all, h_all, c_all, tanh_c_all, w
     z_at, h_at, c_at, tanh_c_at = map(_step_addresses, (z_all, h_all, c_all, tanh_c_all))
     mask_at = [None] * T if masks is None else _step_addresses(masks)
     for t in range(T):
-        zs[t].addmm_(hs[t] if recurrent_mask is None else torch.mul(hs[t], recurrent_mask, out=h_in), w_t)
+        _add_recurrent_share(zs[t], hs[t], w_t, recurrent_mask, h_in)
         kernels.forward(B, H, z_at[t], c_at[t], h_at[t], c_at[t + 1], h_at[t + 1], tanh_c_at[t], mask_at[t])
 
 
@@ -227,10 +239,7 @@ def _backward_steps_in_c(kernels: StepKernels, z_all, c_all, tanh_c_all, weight_
     mask_at = [None] * T if masks is None else _step_addresses(masks)
     for t in range(T - 1, -1, -1):
         kernels.backward(B, H, z_at[t], c_at[t], tanh_c_at[t], dh_at[t + 1], dh_at[t], dc.data_ptr(), dz_at[t], mask_at[t])
-        if recurrent_mask is None:  # dh_prev is dL/dy_{t-1} so far: add the recurrent share in place
-            dh_out_s[t].addmm_(dzs[t], weight_hh)
-        else:
-            dh_out_s[t].addcmul_(dzs[t] @ weight_hh, recurrent_mask)
+        _add_recurrent_gradient(dh_out_s[t], dzs[t], weight_hh, recurrent_mask)
     return dc
 
 
