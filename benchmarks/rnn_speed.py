@@ -27,6 +27,10 @@ peak memory growth of one training step for each LSTM implementation in a fresh 
     python benchmarks/rnn_speed.py --quick        # B=1 and 32, H=256 only
     python benchmarks/rnn_speed.py --memory       # peak memory at B=32, T=1000, H=128
     python benchmarks/rnn_speed.py --cells        # fused GRU, ReLU SimpleRNN, LSTM variants against their loops
+
+Add --hold-freed-memory to time it all with `ls.memory.hold_freed_memory()` in effect (glibc's
+malloc keeping freed memory, as the longshort command line has it); by default malloc is left
+as a library user gets it.
 """
 
 from __future__ import annotations
@@ -250,38 +254,50 @@ def memory_table(point: Point) -> list[str]:
     return rows
 
 
+def gemm_peak_gflops(repeats: int = 20) -> float:
+    """GFLOP/s of torch.matmul at (1024, 1024) x (1024, 1024): about the most this machine's matmuls reach."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    return 2 * 1024**3 / time_interleaved({"mm": lambda: a @ b}, repeats)["mm"] / 1e9
+
+
 def fused_versus_loop_table(repeats: int) -> list[str]:
     """Training step of the fused GRU, ReLU SimpleRNN and LSTM variants (layer norm, peephole,
     zoneout) against the readable loop of the same cell, and, where torch has the layer, against
-    torch's own kernel (`implementation="vendor"`, what torch.nn.GRU / RNN run)."""
-    rows = ["Fused kernel against the autograd loop of the same cell (and torch's kernel), training step, T=100, H=F=256:", ""]
-    rows += ["| layer | B | loop ms | torch ms | fused ms | fused vs loop | fused vs torch |", "|---|---:|---:|---:|---:|---:|---:|"]
-    layers = {  # name: (layer class, its options, whether torch has it)
-        "GRU": (ls.GRU, {}, True),
-        "SimpleRNN relu": (ls.SimpleRNN, {"activation": "relu"}, True),
-        "LayerNormLSTM": (ls.LayerNormLSTM, {}, False),
-        "LSTM(peephole=True)": (ls.LSTM, {"peephole": True}, False),
-        "LSTM(zoneout=0.1)": (ls.LSTM, {"zoneout": 0.1}, False),
+    torch's own kernel (`implementation="vendor"`, what torch.nn.GRU / RNN run). With each, the
+    time its matmuls alone take at the machine's GEMM peak: no kernel of the same arithmetic
+    gets below it, so a third of the loop's time is out of reach where it is lower."""
+    peak = gemm_peak_gflops()
+    rows = [f"Fused kernel against the autograd loop of the same cell (and torch's kernel), training step, T=100, H=F; "
+            f"matmul floor = the step's matmul FLOPs at this machine's GEMM peak ({peak:.0f} GFLOP/s, torch.matmul at 1024^3):", ""]
+    rows += ["| layer | B | H | loop ms | torch ms | fused ms | fused vs loop | fused vs torch | loop / 3 ms | matmul floor ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    layers = {  # name: (layer class, its options, whether torch has it, gates per unit)
+        "GRU": (ls.GRU, {}, True, 3),
+        "SimpleRNN relu": (ls.SimpleRNN, {"activation": "relu"}, True, 1),
+        "LayerNormLSTM": (ls.LayerNormLSTM, {}, False, 4),
+        "LSTM(peephole=True)": (ls.LSTM, {"peephole": True}, False, 4),
+        "LSTM(zoneout=0.1)": (ls.LSTM, {"zoneout": 0.1}, False, 4),
     }
-    for name, (layer_class, options, in_torch) in layers.items():
+    for name, (layer_class, options, in_torch, gates) in layers.items():
         paths = ("loop", "vendor", "fused") if in_torch else ("loop", "fused")
-        for batch in (1, 32):
-            x = torch.randn(batch, 100, 256, requires_grad=True)
-            runs = {path: layer_class(256, 256, return_sequences=True, implementation=path, **options) for path in paths}
+        for batch, hidden in ((1, 256), (32, 64), (32, 256)):
+            x = torch.randn(batch, 100, hidden, requires_grad=True)
+            runs = {path: layer_class(hidden, hidden, return_sequences=True, implementation=path, **options) for path in paths}
             for layer in runs.values():
                 layer.load_state_dict(runs["loop"].state_dict())
             times = time_interleaved({path: (lambda layer=layer: layer(x).sum().backward()) for path, layer in runs.items()}, repeats)
             torch_ms, versus_torch = (f"{times['vendor'] * 1e3:.2f}", f"{times['vendor'] / times['fused']:.2f}x") if in_torch else ("", "")
-            rows.append(f"| {name} | {batch} | {times['loop'] * 1e3:.2f} | {torch_ms} | {times['fused'] * 1e3:.2f} | "
-                        f"{times['loop'] / times['fused']:.2f}x | {versus_torch} |")
+            floor = 3 * 2 * batch * 100 * (2 * hidden) * gates * hidden / peak / 1e9  # forward's matmuls, and twice them backward
+            rows.append(f"| {name} | {batch} | {hidden} | {times['loop'] * 1e3:.2f} | {torch_ms} | {times['fused'] * 1e3:.2f} | "
+                        f"{times['loop'] / times['fused']:.2f}x | {versus_torch} | {times['loop'] / 3 * 1e3:.2f} | {floor * 1e3:.2f} |")
     return rows
 
 
-def machine() -> str:
+def machine(malloc: str = "as it starts") -> str:
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}), "
-        f"Python {platform.python_version()}; fused LSTM gate math: {ls.native.status()}"
+        f"Python {platform.python_version()}; fused LSTM gate math: {ls.native.status()}; malloc: {malloc}"
     )
 
 
@@ -291,13 +307,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--memory", action="store_true", help="peak memory at B=32, T=1000, H=128 only")
     parser.add_argument("--cells", action="store_true", help="fused GRU, ReLU SimpleRNN and LSTM variants against their loops (and torch) only")
+    parser.add_argument("--hold-freed-memory", action="store_true", help="time with ls.memory.hold_freed_memory() in effect")
     parser.add_argument("--memory-child", nargs=2, metavar=("NAME", "B,T,H"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         name, shape = args.memory_child
         memory_child(name, Point(*map(int, shape.split(","))))
         return
-    print(f"Machine: {machine()}\nCommand: python {' '.join(sys.argv)}\n")
+    malloc = "as it starts"
+    if args.hold_freed_memory:
+        malloc = "holds freed memory (ls.memory)" if ls.memory.hold_freed_memory() else "not glibc's: --hold-freed-memory did nothing"
+    print(f"Machine: {machine(malloc)}\nCommand: python {' '.join(sys.argv)}\n")
     if args.memory:
         print("\n".join(memory_table(Point(32, 1000, 128))))
         return

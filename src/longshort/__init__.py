@@ -32,6 +32,7 @@ from longshort.rnn import RNN
 from longshort.training import Clip, History, NonFiniteError, clip_gradients, gradient_norm, train_step
 from longshort.wrappers import Bidirectional, Dense, Sequential, TimeDistributed
 from longshort import export  # ls.export.to_onnx, to_torchscript, exportable
+from longshort import memory  # ls.memory.hold_freed_memory(): malloc keeps freed memory for the next step
 from longshort import native  # ls.native.status(): the fused LSTM's gate math in C, or why torch ops
 
 __version__ = "0.1.0"
@@ -76,6 +77,7 @@ __all__ = [
     "gradient_norm",
     "kjv_text",
     "load_checkpoint",
+    "memory",
     "native",
     "plot_forecast",
     "plot_gates",
