@@ -6,9 +6,9 @@ outputs) of:
 
     torch.nn.LSTM            the vendor kernel (oneDNN on CPU): every ratio is against it
     ls.LSTM (auto)           longshort's default dispatch
-    ls.LSTM (fused)          the fused loop with hand-written backward-through-time, its gate
-                             math in C where longshort.native builds it (as by default)
-    ls.LSTM (fused, torch ops)  the same with LONGSHORT_NATIVE=0: the gate math in torch ops
+    ls.LSTM (fused)          the fused kernel with hand-written backward-through-time, its
+                             loops in C where longshort.native builds them (as by default)
+    ls.LSTM (fused, torch ops)  the same with LONGSHORT_NATIVE=0: its loops in torch ops
     ls.RNN(LSTMCell) loop    the generic loop over the readable cell (implementation="loop";
                              by default RNN(LSTMCell) dispatches exactly as ls.LSTM does)
     custom cell              a user-written LSTM cell through ls.RNN (see `UserLSTMCell`)
@@ -297,7 +297,7 @@ def machine(malloc: str = "as it starts") -> str:
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}), "
-        f"Python {platform.python_version()}; fused LSTM gate math: {ls.native.status()}; malloc: {malloc}"
+        f"Python {platform.python_version()}; fused loops (LSTM, GRU, SimpleRNN): {ls.native.status()}; malloc: {malloc}"
     )
 
 

@@ -85,12 +85,15 @@ KERNELS = {
     "lstm": Kernel(4, 2, False, lambda p, h, c, w, m, r: lstm_recurrence(p, (h, c), w, m, r), lstm_reference),
     "lstm_torch_ops": Kernel(4, 2, False, lambda p, h, c, w, m, r: lstm_recurrence(p, (h, c), w, m, r), lstm_reference),
     "gru": Kernel(3, 1, True, gru_recurrence, gru_reference),
+    "gru_torch_ops": Kernel(3, 1, True, gru_recurrence, gru_reference),
     "gru_nobias": Kernel(3, 1, False, lambda p, h, w, m, r: gru_recurrence(p, h, w, None, m, r),
                          lambda p, h, w, m, r: gru_reference(p, h, w, None, m, r)),
     "rnn_tanh": Kernel(1, 1, False, lambda p, h, w, m, r: simple_rnn_recurrence(p, h, w, "tanh", m, r),
                        lambda p, h, w, m, r: simple_rnn_reference(p, h, w, "tanh", m, r)),
     "rnn_relu": Kernel(1, 1, False, lambda p, h, w, m, r: simple_rnn_recurrence(p, h, w, "relu", m, r),
                        lambda p, h, w, m, r: simple_rnn_reference(p, h, w, "relu", m, r)),
+    "rnn_relu_torch_ops": Kernel(1, 1, False, lambda p, h, w, m, r: simple_rnn_recurrence(p, h, w, "relu", m, r),
+                                 lambda p, h, w, m, r: simple_rnn_reference(p, h, w, "relu", m, r)),
 }
 ALL_KERNELS = pytest.mark.parametrize("name", list(KERNELS))
 MASKS = pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
@@ -137,11 +140,11 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
-def _gate_math(request, monkeypatch):
-    """"lstm" runs the fused LSTM's gate math in C (longshort.native) where it builds, as by
-    default; "lstm_torch_ops" runs the same kernel with that switched off: its torch ops."""
+def _loops_in_c_or_torch_ops(request, monkeypatch):
+    """"lstm", "gru", "rnn_tanh", ... run their loops in C (longshort.native) where it builds, as
+    by default; the "..._torch_ops" entries run the same kernels with that switched off."""
     callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("name") == "lstm_torch_ops":
+    if callspec is not None and str(callspec.params.get("name", "")).endswith("_torch_ops"):
         monkeypatch.setenv("LONGSHORT_NATIVE", "0")
 
 

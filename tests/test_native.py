@@ -1,4 +1,4 @@
-"""`longshort.native`: the fused LSTM's gate math in C. It builds here, agrees with the torch-ops
+"""`longshort.native`: the fused LSTM's loops in C. It builds here, agrees with the torch-ops
 version of the same kernel, keeps NaN a NaN, and where it cannot build the kernel falls back
 to torch ops and says why. (Float64 gradcheck of the C backward: test_fused_kernels.py, "lstm".)
 """
@@ -27,7 +27,7 @@ def fresh_build(monkeypatch, tmp_path):
     return tmp_path
 
 
-def training_step(layer: ls.LSTM, x: torch.Tensor, lengths=None):
+def training_step(layer: torch.nn.Module, x: torch.Tensor, lengths=None):
     x = x.clone().requires_grad_()
     y = layer(x, lengths=lengths)
     (y * torch.linspace(-1, 1, y.shape[-1], dtype=x.dtype)).sum().backward()
@@ -37,9 +37,9 @@ def training_step(layer: ls.LSTM, x: torch.Tensor, lengths=None):
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
 def test_it_builds_here_and_is_cached(fresh_build):
     assert native.status().startswith("C (")
-    assert native.step_kernels(torch.float32) is not None and native.step_kernels(torch.float64) is not None
-    assert native.step_kernels(torch.bfloat16) is None  # other dtypes keep to torch ops
-    built = list(fresh_build.glob("lstm_steps-*.so"))
+    assert native.loop_kernels(torch.float32) is not None and native.loop_kernels(torch.float64) is not None
+    assert native.loop_kernels(torch.bfloat16) is None  # other dtypes keep to torch ops
+    built = list(fresh_build.glob("rnn_loops-*.so"))
     assert len(built) == 1 and not list(fresh_build.glob("*.partial"))
 
 
@@ -47,12 +47,17 @@ def test_it_builds_here_and_is_cached(fresh_build):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
-def test_c_and_torch_ops_agree(monkeypatch, dtype, masked, recurrent_dropout):
-    """An odd width (37 units: the vector loops' remainder) and padding in the middle of the batch."""
+@pytest.mark.parametrize("batch", [1, 2, 5])
+@pytest.mark.parametrize("layer_class, options", [(ls.LSTM, {}), (ls.GRU, {}), (ls.SimpleRNN, {"activation": "tanh"}),
+                                                   (ls.SimpleRNN, {"activation": "relu"})], ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_c_and_torch_ops_agree(monkeypatch, dtype, masked, recurrent_dropout, batch, layer_class, options):
+    """An odd width (37 units: the vector loops' remainder) and padding in the middle of the batch.
+    A batch of 1 takes the C file's own matrix-vector products, of 2 and 5 gemm (the LSTM's with
+    the transposed weight it keeps for one or two, then the weight as it is)."""
     torch.manual_seed(0)
-    layer = ls.LSTM(37, return_sequences=True, recurrent_dropout=recurrent_dropout, implementation="fused").to(dtype)
-    x = torch.randn(5, 9, 11, dtype=dtype)
-    lengths = torch.tensor([9, 3, 1, 7, 9]) if masked else None
+    layer = layer_class(37, return_sequences=True, recurrent_dropout=recurrent_dropout, implementation="fused", **options).to(dtype)
+    x = torch.randn(batch, 9, 11, dtype=dtype)
+    lengths = torch.tensor([3, 9, 1, 7, 9][:batch]) if masked else None
     layer(x)  # builds the (lazy) layer: its weights are drawn now, not after the seed below
     results = {}
     for switch in ("1", "0"):
@@ -66,6 +71,23 @@ def test_c_and_torch_ops_agree(monkeypatch, dtype, masked, recurrent_dropout):
 
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("masked", [False, True])
+def test_gradcheck_at_a_batch_of_one_and_two(batch, masked):
+    """The C backward where its matmul is the file's own matrix-vector product (1) or gemm on the
+    transposed weight (2); test_fused_kernels.py gradchecks it at a batch of 3."""
+    from longshort.fused_lstm import lstm_recurrence
+
+    generator = torch.Generator().manual_seed(0)
+    H, T = 5, 4
+    p, h0, c0 = (torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_() for shape in ((batch, T, 4 * H), (batch, H), (batch, H)))
+    weight_hh = (torch.randn(4 * H, H, generator=generator, dtype=torch.float64) * 0.5).requires_grad_()
+    step_mask = torch.tensor([[True, True, False, True], [True, False, True, True]][:batch]) if masked else None
+    assert native.loop_kernels(torch.float64) is not None
+    assert torch.autograd.gradcheck(lambda *a: lstm_recurrence(a[0], (a[1], a[2]), a[3], step_mask), (p, h0, c0, weight_hh))
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
 def test_nan_stays_nan():
     layer = ls.LSTM(8, return_sequences=True, implementation="fused")
     x = torch.randn(2, 4, 3)
@@ -76,7 +98,7 @@ def test_nan_stays_nan():
 
 def test_without_a_compiler_it_runs_torch_ops_and_says_why(fresh_build, monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    assert native.step_kernels(torch.float32) is None
+    assert native.loop_kernels(torch.float32) is None
     assert native.status().startswith("torch ops: the C version could not be built (could not run the C compiler '/nonexistent/cc'")
     torch.manual_seed(0)
     layer = ls.LSTM(6, input_size=4, return_sequences=True, implementation="fused")
@@ -88,7 +110,7 @@ def test_without_a_compiler_it_runs_torch_ops_and_says_why(fresh_build, monkeypa
 
 def test_a_compile_error_is_reported(fresh_build, monkeypatch):
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails
-    assert native.step_kernels(torch.float64) is None
+    assert native.loop_kernels(torch.float64) is None
     assert native.status() == "torch ops: the C version could not be built (false failed: 1)"
     assert not list(fresh_build.glob("*")), "no half-built file is left behind"
 
@@ -97,21 +119,21 @@ def test_an_unwritable_cache_is_reported(fresh_build, monkeypatch):
     not_a_folder = fresh_build / "file"
     not_a_folder.write_text("")
     monkeypatch.setenv("LONGSHORT_CACHE", str(not_a_folder / "cache"))
-    assert native.step_kernels(torch.float32) is None
+    assert native.loop_kernels(torch.float32) is None
     assert native.status().startswith(f"torch ops: the C version could not be built (cannot write to the cache folder {not_a_folder / 'cache'} (Not a directory")
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs cc")
 def test_a_platform_without_vector_math_is_named(fresh_build, monkeypatch, tmp_path):
     """Elsewhere than glibc >= 2.35 on x86-64 the source stops at its #error: the message says why."""
-    source = tmp_path / "lstm_steps.c"
+    source = tmp_path / "rnn_loops.c"
     source.write_text(native.SOURCE.read_text().replace("#if !(defined(__x86_64__)", "#if 1 || !(defined(__x86_64__)"))
     monkeypatch.setattr(native, "SOURCE", source)
-    assert native.step_kernels(torch.float32) is None
+    assert native.loop_kernels(torch.float32) is None
     assert "needs glibc >= 2.35 on x86-64 for vector exp and tanh (libmvec)" in native.status()
 
 
 def test_switched_off(monkeypatch):
     monkeypatch.setenv("LONGSHORT_NATIVE", "0")
-    assert native.step_kernels(torch.float32) is None
+    assert native.loop_kernels(torch.float32) is None
     assert native.status() == "torch ops: LONGSHORT_NATIVE=0"

@@ -33,7 +33,7 @@ from longshort.training import Clip, History, NonFiniteError, clip_gradients, gr
 from longshort.wrappers import Bidirectional, Dense, Sequential, TimeDistributed
 from longshort import export  # ls.export.to_onnx, to_torchscript, exportable
 from longshort import memory  # ls.memory.hold_freed_memory(): malloc keeps freed memory for the next step
-from longshort import native  # ls.native.status(): the fused LSTM's gate math in C, or why torch ops
+from longshort import native  # ls.native.status(): the fused LSTM's loops in C, or why torch ops
 
 __version__ = "0.1.0"
 

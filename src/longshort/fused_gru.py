@@ -56,15 +56,25 @@ nothing for autograd, and inference mode skips the dispatcher's autograd layer, 
 an op), and the forward's matmul takes W_hh^T as a row-major copy made once per call (with
 the copy, faster at B = 1 and B = 32 than the transposed view). The buffers are time-major,
 so that a step's slice is contiguous.
+
+The loops in C. Where `longshort.native` builds `csrc/rnn_loops.c` (float32 and float64 on
+CPU), each loop is one call into C (`_forward_steps_in_c`, `_backward_steps_in_c`) with the
+same equations: a step is a call of torch's BLAS gemm (at B = 1, a matrix-vector product of
+the C file's own) and one pass over the batch, with no Python in between. The torch-ops loops
+(`_forward_steps`, `_backward_steps`) are the reference: they run where the C version cannot be
+built, or with LONGSHORT_NATIVE=0, and the tests hold both to the autograd loop.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from longshort.native import LoopKernels, address, loop_kernels, weight_layout
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -95,18 +105,9 @@ class GRURecurrence(torch.autograd.Function):
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         h_all[0] = h0
         h_in = None if recurrent_mask is None else p.new_empty(B, H)
-        with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
-            # The per-step views (B, ...), made once: cheaper than indexing in the loop.
-            hs = h_all.unbind(0)
-            steps = zip(hs, hs[1:], *(x.unbind(0) for x in (rzq, rz, r, z, q_n, n)))
-            for h_prev, h, rzq_t, rz_t, r_t, z_t, q_n_t, n_t in steps:
-                if recurrent_mask is not None:
-                    rzq_t.addmm_(torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
-                else:
-                    rzq_t.addmm_(h_prev, w_t)
-                rz_t.sigmoid_()
-                n_t.addcmul_(r_t, q_n_t).tanh_()
-                torch.lerp(n_t, h_prev, z_t, out=h)
+        kernels = loop_kernels(p.dtype) if p.device.type == "cpu" else None
+        steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
+        steps(rzq, n, h_all, w_t, recurrent_mask, h_in)
         y = h_all[1:]  # (T, B, H)
         if step_mask is not None:
             y = y * step_mask.T.unsqueeze(-1)
@@ -139,20 +140,9 @@ class GRURecurrence(torch.autograd.Function):
         if dh_T is not None:
             dh_all[T] += dh_T
         dq_w = None if recurrent_mask is None else rzq.new_empty(B, H)
-        with torch.inference_mode():
-            # The per-step views, made once, last step first: dq as (B, 3, H) for the mul by dh as (B, 1, H),
-            # and as (B, 3H) for the matmul.
-            dhs = dh_all.unbind(0)
-            dq_gates_s, dqs = dq_all.unbind(0), dq_all.view(T, B, three_h).unbind(0)  # (T, B, 3, H) -> (T, B, 3H)
-            dh_gates_s = dh_all[1:].unsqueeze(2).unbind(0)  # (T, B, H) -> (T, B, 1, H)
-            views = (dq_gates_s, dqs, dh_gates_s, dhs[1:], dhs[:-1], z.unbind(0))
-            for dq_gates, dq, dh_gates, dh, dh_prev, z_t in zip(*(reversed(v) for v in views)):
-                dq_gates.mul_(dh_gates)  # the factors become dq
-                dh_prev.addcmul_(dh, z_t)  # dy_{t-1} + dh z
-                if recurrent_mask is not None:
-                    dh_prev.addcmul_(torch.mm(dq, weight_hh, out=dq_w), recurrent_mask)
-                else:
-                    dh_prev.addmm_(dq, weight_hh)
+        kernels = loop_kernels(rzq.dtype) if rzq.device.type == "cpu" else None
+        steps = _backward_steps if kernels is None else partial(_backward_steps_in_c, kernels)
+        steps(rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w)
         dq_all = dq_all.view(T, B, three_h)  # (T, B, 3H)
         h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask  # (T, B, H)
         dweight_hh = dq_all.reshape(T * B, three_h).T @ h_in.reshape(T * B, H)  # (3H, H)
@@ -160,6 +150,63 @@ class GRURecurrence(torch.autograd.Function):
         torch.mul(dh_all[1:], da_n_per_dh, out=dq_n)  # dq_n -> da_n: dq_all is now dp
         dp = dq_all.transpose(0, 1)  # (B, T, 3H)
         return dp, dh_all[0], dweight_hh, dbias_hh, None, None
+
+
+# The loops. The torch-ops versions are the reference; where longshort.native builds
+# csrc/rnn_loops.c the same loops run in C, one call each way (its equations: the same as here).
+
+def _forward_steps(rzq, n, h_all, w_t, recurrent_mask, h_in) -> None:
+    """The forward loop, in place: rzq (T, B, 3H) becomes r, z, q_n; n (T, B, H) holds p_n and becomes n; h_all (T + 1, B, H)."""
+    H = n.shape[-1]
+    rz, (r, z, q_n) = rzq[..., : 2 * H], rzq.split(H, dim=2)
+    with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
+        # The per-step views (B, ...), made once: cheaper than indexing in the loop.
+        hs = h_all.unbind(0)
+        steps = zip(hs, hs[1:], *(x.unbind(0) for x in (rzq, rz, r, z, q_n, n)))
+        for h_prev, h, rzq_t, rz_t, r_t, z_t, q_n_t, n_t in steps:
+            if recurrent_mask is not None:
+                rzq_t.addmm_(torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
+            else:
+                rzq_t.addmm_(h_prev, w_t)
+            rz_t.sigmoid_()
+            n_t.addcmul_(r_t, q_n_t).tanh_()
+            torch.lerp(n_t, h_prev, z_t, out=h)
+
+
+def _backward_steps(rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> None:
+    """The reverse loop, in place: dq_all (T, B, 3, H) from the factors dq / dh to dq; dh_all (T + 1, B, H) gets the recurrent shares."""
+    T, B, three_h = rzq.shape
+    z = rzq[..., three_h // 3 : 2 * three_h // 3]
+    with torch.inference_mode():
+        # The per-step views, made once, last step first: dq as (B, 3, H) for the mul by dh as (B, 1, H),
+        # and as (B, 3H) for the matmul.
+        dhs = dh_all.unbind(0)
+        dq_gates_s, dqs = dq_all.unbind(0), dq_all.view(T, B, three_h).unbind(0)  # (T, B, 3, H) -> (T, B, 3H)
+        dh_gates_s = dh_all[1:].unsqueeze(2).unbind(0)  # (T, B, H) -> (T, B, 1, H)
+        views = (dq_gates_s, dqs, dh_gates_s, dhs[1:], dhs[:-1], z.unbind(0))
+        for dq_gates, dq, dh_gates, dh, dh_prev, z_t in zip(*(reversed(v) for v in views)):
+            dq_gates.mul_(dh_gates)  # the factors become dq
+            dh_prev.addcmul_(dh, z_t)  # dy_{t-1} + dh z
+            if recurrent_mask is not None:
+                dh_prev.addcmul_(torch.mm(dq, weight_hh, out=dq_w), recurrent_mask)
+            else:
+                dh_prev.addmm_(dq, weight_hh)
+
+
+def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, w_t, recurrent_mask, h_in) -> None:
+    """As `_forward_steps`."""
+    T, B, H = n.shape
+    w, transposed = weight_layout(w_t.T)  # W_hh (3H, H), stored transposed
+    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+    kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm)
+
+
+def _backward_steps_in_c(kernels: LoopKernels, rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> None:
+    """As `_backward_steps`."""
+    T, B, three_h = rzq.shape
+    w, transposed = weight_layout(weight_hh)
+    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+    kernels.gru_backward(T, B, three_h // 3, *map(address, (rzq, dq_all, dh_all, recurrent_mask, dq_w, w)), transposed, kernels.gemm)
 
 
 def gru_recurrence(

@@ -47,13 +47,14 @@ both loops run under `torch.inference_mode()` (they record nothing for autograd,
 mode skips the dispatcher's autograd layer). Every tensor a loop writes that is kept or
 returned is allocated before it, so none comes out as an inference tensor.
 
-Gate math in C. Where `longshort.native` can build `csrc/lstm_steps.c` (float32 and float64 on
-CPU), a step's gate math, forward and backward, is one call into C instead of the torch ops
-below (`_forward_steps_in_c`, `_backward_steps_in_c`); the matmuls stay in torch. The C backward
-step computes the factors above from the saved gates as it goes, so it needs no precomputed
-factors. The torch-ops steps (`_forward_steps`, `_backward_steps`) are the reference: they run
-where the C version cannot be built, or with LONGSHORT_NATIVE=0, and the tests hold both to
-the autograd loop and to each other.
+The loops in C. Where `longshort.native` can build `csrc/rnn_loops.c` (float32 and float64 on
+CPU), each loop is one call into C instead of the torch ops below (`_forward_steps_in_c`,
+`_backward_steps_in_c`): a step there is a call of torch's own BLAS gemm for the recurrent
+matmul (at B=1, a matrix-vector product of the C file's own) and one pass of gate math, with
+no Python in between. The C backward computes the factors above from the saved gates as it
+goes, so it needs no precomputed factors. The torch-ops loops (`_forward_steps`,
+`_backward_steps`) are the reference: they run where the C version cannot be built, or with
+LONGSHORT_NATIVE=0, and the tests hold both to the autograd loop and to each other.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort.native import StepKernels, step_kernels
+from longshort.native import LoopKernels, address, loop_kernels, weight_layout
 
 
 class LSTMRecurrence(torch.autograd.Function):
@@ -81,7 +82,7 @@ class LSTMRecurrence(torch.autograd.Function):
         h_all[0], c_all[0] = h0, c0
         tanh_c_all = p.new_empty(T, B, H)  # tanh(c) of every step, kept for the backward
         masks = None if step_mask is None else step_mask.transpose(0, 1).contiguous()  # (T, B) bool
-        kernels = step_kernels(p.dtype) if p.device.type == "cpu" else None
+        kernels = loop_kernels(p.dtype) if p.device.type == "cpu" else None
         with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
             steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
             steps(z_all, h_all, c_all, tanh_c_all, _in_step_layout(weight_hh, B), masks, recurrent_mask)
@@ -107,7 +108,7 @@ class LSTMRecurrence(torch.autograd.Function):
         if dh_T is not None:
             dh_outs[T] += dh_T
         dc = dy.new_zeros(B, H) if dc_T is None else dc_T.clone(memory_format=torch.contiguous_format)  # dL/dc_t, stepping back
-        kernels = step_kernels(z_all.dtype) if z_all.device.type == "cpu" else None
+        kernels = loop_kernels(z_all.dtype) if z_all.device.type == "cpu" else None
         with torch.inference_mode():  # every tensor kept or returned was allocated outside: none is an inference tensor
             steps = _backward_steps if kernels is None else partial(_backward_steps_in_c, kernels)
             dc = steps(z_all, c_all, tanh_c_all, _in_step_layout(weight_hh, B), masks, recurrent_mask, dh_outs, dc, dz_all)
@@ -208,38 +209,27 @@ def _backward_steps(z_all, c_all, tanh_c, weight_hh, masks, recurrent_mask, dh_o
     return dc_state
 
 
-# The same steps with the gate math in C (csrc/lstm_steps.c: the same equations, one pass per
-# step); the matmuls stay in torch. Its functions take the address of each step's rows.
+# The same loops in C (csrc/rnn_loops.c: the same equations, each step a gemm and one pass of
+# gate math), one call each way.
 
-def _step_addresses(x: Tensor) -> list[int]:
-    """The address of each x[t] of a contiguous x (T, ...)."""
-    return [x.data_ptr() + t * x.stride(0) * x.element_size() for t in range(x.shape[0])]
-
-
-def _forward_steps_in_c(kernels: StepKernels, z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask) -> None:
+def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask) -> None:
     """As `_forward_steps`."""
     T, B, four_h = z_all.shape
-    H = four_h // 4
-    w_t = weight_hh.T  # (H, 4H)
-    h_in = h_all.new_empty(B, H)
-    zs, hs = z_all.unbind(0), h_all.unbind(0)
-    z_at, h_at, c_at, tanh_c_at = map(_step_addresses, (z_all, h_all, c_all, tanh_c_all))
-    mask_at = [None] * T if masks is None else _step_addresses(masks)
-    for t in range(T):
-        _add_recurrent_share(zs[t], hs[t], w_t, recurrent_mask, h_in)
-        kernels.forward(B, H, z_at[t], c_at[t], h_at[t], c_at[t + 1], h_at[t + 1], tanh_c_at[t], mask_at[t])
+    w, w_transposed = weight_layout(weight_hh)
+    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+    buffer = None if recurrent_mask is None else h_all.new_empty(B, four_h // 4)
+    kernels.lstm_forward(T, B, four_h // 4, *map(address, (z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w)),
+                         w_transposed, kernels.gemm)
 
 
-def _backward_steps_in_c(kernels: StepKernels, z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all) -> Tensor:
+def _backward_steps_in_c(kernels: LoopKernels, z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all) -> Tensor:
     """As `_backward_steps`; dc is updated in place."""
     T, B, four_h = z_all.shape
-    H = four_h // 4
-    dzs, dh_out_s = dz_all.unbind(0), dh_outs.unbind(0)
-    z_at, c_at, tanh_c_at, dh_at, dz_at = map(_step_addresses, (z_all, c_all, tanh_c_all, dh_outs, dz_all))
-    mask_at = [None] * T if masks is None else _step_addresses(masks)
-    for t in range(T - 1, -1, -1):
-        kernels.backward(B, H, z_at[t], c_at[t], tanh_c_at[t], dh_at[t + 1], dh_at[t], dc.data_ptr(), dz_at[t], mask_at[t])
-        _add_recurrent_gradient(dh_out_s[t], dzs[t], weight_hh, recurrent_mask)
+    w, w_transposed = weight_layout(weight_hh)
+    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+    buffer = None if recurrent_mask is None else dc.new_empty(B, four_h // 4)
+    kernels.lstm_backward(T, B, four_h // 4, *map(address, (z_all, c_all, tanh_c_all, dh_outs, dc, dz_all, masks, recurrent_mask, buffer, w)),
+                          w_transposed, kernels.gemm)
     return dc
 
 

@@ -36,6 +36,11 @@ nothing for autograd, and inference mode skips the dispatcher's autograd layer, 
 op). With a batch, the forward's matmul takes W_hh^T as a row-major copy made once per call;
 at B = 1 (a matrix-vector product) the copy costs more than it saves. The buffers are
 time-major, so that a step's slice is contiguous.
+
+The loops in C. As the GRU's (`fused_gru`, `longshort.native`): where csrc/rnn_loops.c builds,
+`_forward_steps_in_c` and `_backward_steps_in_c` run each loop in one call, a step there being a
+gemm (a matrix-vector product at B = 1) and one pass of the activation or of `da *= dh`; the
+torch-ops loops above them are the reference and the fallback (LONGSHORT_NATIVE=0).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from longshort.native import LoopKernels, address, loop_kernels, weight_layout
 
 _ACTIVATIONS = {"tanh": torch.tanh_, "relu": torch.relu_}
 
@@ -57,23 +64,17 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         if nonlinearity not in _ACTIVATIONS:
             raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
-        act_ = _ACTIVATIONS[nonlinearity]
         B, T, H = p.shape
-        w_t = weight_hh.T.contiguous() if B > 1 else weight_hh.T  # (H, H); see Per-step overhead above
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t; p_t until then
         h_all[0], h_all[1:] = h0, p.transpose(0, 1)
         h_in = None if recurrent_mask is None else p.new_empty(B, H)
         masks = None if step_mask is None else step_mask.T.unsqueeze(-1)  # (T, B, 1) bool
-        with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
-            hs = h_all.unbind(0)  # the per-step views, made once: cheaper than indexing in the loop
-            ms = (None,) * T if masks is None else masks.unbind(0)
-            for h_prev, h, m in zip(hs, hs[1:], ms):
-                if recurrent_mask is not None:
-                    act_(h.addmm_(torch.mul(h_prev, recurrent_mask, out=h_in), w_t))
-                else:
-                    act_(h.addmm_(h_prev, w_t))
-                if m is not None:
-                    torch.where(m, h, h_prev, out=h)
+        kernels = loop_kernels(p.dtype) if p.device.type == "cpu" else None
+        if kernels is None:
+            w_t = weight_hh.T.contiguous() if B > 1 else weight_hh.T  # (H, H); see Per-step overhead above
+            _forward_steps(_ACTIVATIONS[nonlinearity], h_all, w_t, masks, recurrent_mask, h_in)
+        else:
+            _forward_steps_in_c(kernels, nonlinearity == "relu", h_all, weight_hh, masks, recurrent_mask, h_in)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks
@@ -92,7 +93,6 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         da_all = 1 - h * h if ctx.nonlinearity == "tanh" else h.sign()  # (T, B, H)
         if masks is not None:
             da_all.mul_(masks)
-            passes = (~masks).to(h.dtype)  # (T, B, 1): 1 - m
         dh_all = h_all.new_empty(T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
         dh_all[0] = 0
         if dy is None:
@@ -102,21 +102,68 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         if dh_T is not None:
             dh_all[T] += dh_T
         da_w = None if recurrent_mask is None else h_all.new_empty(B, H)
-        with torch.inference_mode():
-            dhs = dh_all.unbind(0)  # the per-step views, made once, last step first
-            views = (da_all.unbind(0), dhs[1:], dhs[:-1], (None,) * T if masks is None else passes.unbind(0))
-            for da, dh, dh_prev, passes_t in zip(*(reversed(v) for v in views)):
-                da.mul_(dh)  # act' becomes da
-                if recurrent_mask is not None:
-                    dh_prev.addcmul_(torch.mm(da, weight_hh, out=da_w), recurrent_mask)
-                else:
-                    dh_prev.addmm_(da, weight_hh)
-                if passes_t is not None:
-                    dh_prev.addcmul_(dh, passes_t)
+        kernels = loop_kernels(h_all.dtype) if h_all.device.type == "cpu" else None
+        if kernels is None:
+            passes = None if masks is None else (~masks).to(h.dtype)  # (T, B, 1): 1 - m
+            _backward_steps(da_all, dh_all, weight_hh, passes, recurrent_mask, da_w)
+        else:
+            _backward_steps_in_c(kernels, da_all, dh_all, weight_hh, masks, recurrent_mask, da_w)
         h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask  # (T, B, H)
         dweight_hh = da_all.reshape(T * B, H).T @ h_in.reshape(T * B, H)  # (H, H)
         dp = da_all.transpose(0, 1)  # (B, T, H)
         return dp, dh_all[0], dweight_hh, None, None, None
+
+
+# The loops. The torch-ops versions are the reference; where longshort.native builds
+# csrc/rnn_loops.c the same loops run in C, one call each way (its equations: the same as here).
+
+def _forward_steps(act_, h_all, w_t, masks, recurrent_mask, h_in) -> None:
+    """The forward loop, in place: h_all (T + 1, B, H), rows 1.. from p_t to h_t; masks (T, B, 1) or None."""
+    with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
+        hs = h_all.unbind(0)  # the per-step views, made once: cheaper than indexing in the loop
+        ms = (None,) * (len(hs) - 1) if masks is None else masks.unbind(0)
+        for h_prev, h, m in zip(hs, hs[1:], ms):
+            if recurrent_mask is not None:
+                act_(h.addmm_(torch.mul(h_prev, recurrent_mask, out=h_in), w_t))
+            else:
+                act_(h.addmm_(h_prev, w_t))
+            if m is not None:
+                torch.where(m, h, h_prev, out=h)
+
+
+def _backward_steps(da_all, dh_all, weight_hh, passes, recurrent_mask, da_w) -> None:
+    """The reverse loop, in place: da_all (T, B, H) from act' m to da; dh_all (T + 1, B, H) gets the
+    recurrent shares, and at masked steps (passes = 1 - m, (T, B, 1), or None) dh itself."""
+    with torch.inference_mode():
+        dhs = dh_all.unbind(0)  # the per-step views, made once, last step first
+        views = (da_all.unbind(0), dhs[1:], dhs[:-1], (None,) * da_all.shape[0] if passes is None else passes.unbind(0))
+        for da, dh, dh_prev, passes_t in zip(*(reversed(v) for v in views)):
+            da.mul_(dh)  # act' becomes da
+            if recurrent_mask is not None:
+                dh_prev.addcmul_(torch.mm(da, weight_hh, out=da_w), recurrent_mask)
+            else:
+                dh_prev.addmm_(da, weight_hh)
+            if passes_t is not None:
+                dh_prev.addcmul_(dh, passes_t)
+
+
+def _forward_steps_in_c(kernels: LoopKernels, relu: bool, h_all, weight_hh, masks, recurrent_mask, h_in) -> None:
+    """As `_forward_steps`."""
+    T, B, H = h_all.shape[0] - 1, h_all.shape[1], h_all.shape[2]
+    w, transposed = weight_layout(weight_hh.T.contiguous().T)  # stored transposed: the faster layout at B = 1
+    masks = None if masks is None else masks.squeeze(-1).contiguous()  # (T, B) bytes
+    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+    kernels.simple_rnn_forward(T, B, H, address(h_all), address(masks), int(relu), *map(address, (recurrent_mask, h_in, w)),
+                               transposed, kernels.gemm)
+
+
+def _backward_steps_in_c(kernels: LoopKernels, da_all, dh_all, weight_hh, masks, recurrent_mask, da_w) -> None:
+    """As `_backward_steps`, masks (T, B, 1) or None."""
+    T, B, H = da_all.shape
+    w, transposed = weight_layout(weight_hh)
+    masks = None if masks is None else masks.squeeze(-1).contiguous()  # (T, B) bytes
+    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+    kernels.simple_rnn_backward(T, B, H, *map(address, (da_all, dh_all, masks, recurrent_mask, da_w, w)), transposed, kernels.gemm)
 
 
 def simple_rnn_recurrence(

@@ -1,9 +1,13 @@
-"""The fused LSTM's per-step gate math in C (`csrc/lstm_steps.c`), compiled on first use.
+"""The fused LSTM's, GRU's and SimpleRNN's loops over time in C (`csrc/rnn_loops.c`), compiled on first use.
 
-The fused LSTM (`longshort.fused_lstm`) runs a step as one torch matmul plus its gate math.
-Where this module can build the C version of the gate math, the fused LSTM calls it (through
-ctypes) instead of seven torch ops forward and four backward: at small batches those ops'
-dispatch, not their arithmetic, is most of a step.
+The fused kernels (`longshort.fused_lstm`, `fused_gru`, `fused_simple_rnn`) run a step as one
+matmul plus its gate math. With torch ops that is a matmul and a few small ops (the LSTM's: seven
+forward, four backward), each dispatched from Python: at small batches the dispatch, not the
+arithmetic, is most of a step. Where this module can build the C version, the kernels call it
+(through ctypes) once for the whole forward loop and once for the backward: each step there is
+a call of torch's own BLAS gemm (MKL's `sgemm_` / `dgemm_`, found in libtorch_cpu, its address
+handed to C), or at a batch of one a matrix-vector product of the C file's own, and one pass of
+gate math.
 
 Building. The first process that needs it compiles the source with the C compiler (`$CC`, else
 `cc`) into `$LONGSHORT_CACHE` (default `~/.cache/longshort`), under a name that hashes the
@@ -11,13 +15,14 @@ source, the flags, the compiler and this CPU's feature flags (it is built with
 `-march=native`); later processes load the file. Compiling takes a fraction of a second.
 
 Where it cannot be built (no compiler, not glibc >= 2.35 on x86-64, whose vector exp and tanh
-it needs to beat torch's ops), the fused LSTM keeps to torch ops: the same results, slower at
-small batches. `status()` says which runs and why; `LONGSHORT_NATIVE=0` turns it off.
+it needs to beat torch's ops) or torch's library exports no gemm, the kernels keep to torch ops:
+the same results, slower at small batches. `status()` says which runs and why; `LONGSHORT_NATIVE=0` turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -32,17 +37,31 @@ import torch
 
 logger = logging.getLogger("longshort")
 
-SOURCE = Path(__file__).with_name("csrc") / "lstm_steps.c"
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared")
+SOURCE = Path(__file__).with_name("csrc") / "rnn_loops.c"
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
 @dataclass(frozen=True)
-class StepKernels:
-    """The C step functions for one dtype (signatures in csrc/lstm_steps.c)."""
+class LoopKernels:
+    """The C loops of one dtype (their signatures and equations: csrc/rnn_loops.c) and the gemm
+    they call. Arguments: T, B, H, then the buffers' addresses (a tensor's data_ptr(), None for
+    no mask), whether the weight is stored transposed, and `gemm`."""
 
-    forward: Callable[..., None]  # (B, H, z, c_prev, h_prev, c, h, tanh_c, step_mask)
-    backward: Callable[..., None]  # (B, H, gates, c_prev, tanh_c, dh, dh_prev, dc, dz, step_mask)
+    lstm_forward: Callable[..., None]  # z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w
+    lstm_backward: Callable[..., None]  # z_all, c_all, tanh_c_all, dh_outs, dc, dz_all, masks, recurrent_mask, buffer, w
+    gru_forward: Callable[..., None]  # rzq_all, n_all, h_all, recurrent_mask, buffer, w
+    gru_backward: Callable[..., None]  # rzq_all, dq_all, dh_all, recurrent_mask, buffer, w
+    simple_rnn_forward: Callable[..., None]  # h_all, masks, relu (a flag), recurrent_mask, buffer, w
+    simple_rnn_backward: Callable[..., None]  # da_all, dh_all, masks, recurrent_mask, buffer, w
+    gemm: int  # the address of torch's BLAS gemm for this dtype
+
+
+SIGNATURES = {  # after T, B, H: p a pointer, i an int64; every loop ends with w_transposed (i) and gemm (p)
+    "lstm_forward": "pppppppp", "lstm_backward": "pppppppppp", "gru_forward": "pppppp",
+    "gru_backward": "pppppp", "simple_rnn_forward": "ppippp", "simple_rnn_backward": "pppppp",
+}
+GEMMS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran BLAS names, as MKL exports them from libtorch_cpu
 
 
 _library: Optional[ctypes.CDLL] = None
@@ -69,7 +88,7 @@ def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC", "cc")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _cpu_flags().encode()]))
-    library = _cache_dir() / f"lstm_steps-{key.hexdigest()[:16]}.so"
+    library = _cache_dir() / f"rnn_loops-{key.hexdigest()[:16]}.so"
     if not library.exists():
         try:
             library.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +107,7 @@ def _build() -> ctypes.CDLL:
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
-        logger.info("built the C gate math of the fused LSTM: %s", library)
+        logger.info("built the C loops of the fused kernels: %s", library)
     loaded = ctypes.CDLL(str(library))
     loaded.path = library  # for status()
     return loaded
@@ -107,7 +126,7 @@ def _library_or_none() -> Optional[ctypes.CDLL]:
             _library = _build()
         except OSError as error:
             _failure = str(error)
-            logger.info("the fused LSTM runs its gate math with torch ops: %s", _failure)
+            logger.info("the fused kernels run their loops with torch ops: %s", _failure)
     return _library
 
 
@@ -115,24 +134,55 @@ def enabled() -> bool:
     return os.environ.get("LONGSHORT_NATIVE", "1") != "0"
 
 
-def step_kernels(dtype: torch.dtype) -> Optional[StepKernels]:
-    """The C step functions for `dtype`, or None where they do not run (see `status`)."""
+@functools.lru_cache(maxsize=None)
+def _gemm_address(dtype: torch.dtype) -> Optional[int]:
+    """The address of torch's own BLAS gemm for `dtype` (MKL's, in libtorch_cpu), or None where it exports none."""
+    try:
+        blas = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        return ctypes.cast(getattr(blas, GEMMS[dtype]), ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+def loop_kernels(dtype: torch.dtype) -> Optional[LoopKernels]:
+    """The C loops for `dtype`, or None where they do not run (see `status`)."""
     suffix = SUFFIXES.get(dtype)
     library = _library_or_none() if enabled() and suffix is not None else None
-    if library is None:
+    gemm = _gemm_address(dtype) if library is not None else None
+    if gemm is None:
         return None
-    forward, backward = getattr(library, f"lstm_forward_step_{suffix}"), getattr(library, f"lstm_backward_step_{suffix}")
-    if forward.argtypes is None:  # every argument after B, H is a pointer (a tensor's data_ptr(), or None for no mask)
-        forward.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 7
-        backward.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 8
-        forward.restype = backward.restype = None
-    return StepKernels(forward, backward)
+    loops = {}
+    types = {"p": ctypes.c_void_p, "i": ctypes.c_int64}
+    for name, signature in SIGNATURES.items():
+        loop = getattr(library, f"{name}_loop_{suffix}")
+        if loop.argtypes is None:
+            loop.argtypes = [types[kind] for kind in "iii" + signature + "ip"]
+            loop.restype = None
+        loops[name] = loop
+    return LoopKernels(**loops, gemm=gemm)
+
+
+def address(x: Optional[torch.Tensor]) -> Optional[int]:
+    """A tensor's address for the C loops (None stays None)."""
+    return None if x is None else x.data_ptr()
+
+
+def weight_layout(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A recurrent weight (G, K) as the C loops take it: memory holding it row-major (flag 0), or
+    its transpose row-major (flag 1, as a contiguous copy of weight.T, viewed back, leaves it)."""
+    if weight.is_contiguous():
+        return weight, 0
+    if weight.T.is_contiguous():
+        return weight, 1
+    return weight.contiguous(), 0
 
 
 def status() -> str:
-    """Which gate math the fused LSTM runs (in float32 and float64), and why."""
+    """Which loops the fused LSTM, GRU and SimpleRNN run (in float32 and float64): C or torch ops, and why."""
     if not enabled():
         return "torch ops: LONGSHORT_NATIVE=0"
     if _library_or_none() is None:
         return f"torch ops: the C version could not be built ({_failure})"
+    if _gemm_address(torch.float32) is None:
+        return f"torch ops: torch's library exports no BLAS gemm ({GEMMS[torch.float32]}) for the C loops to call"
     return f"C ({_library.path})"

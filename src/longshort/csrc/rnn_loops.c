@@ -1,0 +1,327 @@
+/* The fused LSTM's, GRU's and SimpleRNN's loops over time, forward and backward, in C.
+ *
+ * `longshort.fused_lstm`, `fused_gru` and `fused_simple_rnn` hold the same loops with torch ops,
+ * which run where this file cannot be compiled; the derivations of the backwards, in the
+ * symbols used below, open those files, and the tests check that the two versions agree. Done
+ * with torch ops, a step is a recurrent matmul and a few small ops (the LSTM's: seven forward,
+ * four backward), each dispatched from Python; at small batches that costs more than the
+ * arithmetic. Here a whole loop is one call: each step is one call of the BLAS gemm that torch
+ * itself uses (the caller passes its address: MKL's sgemm_ / dgemm_, Fortran convention), or at
+ * a batch of one a matrix-vector product of this file's own, and one pass over the batch.
+ *
+ * The LSTM first (the GRU's and SimpleRNN's equations are with their loops, at the end).
+ * Layouts, all row-major and contiguous: z, dz (B, 4H) in gate order i, f, g, o; every state
+ * and state gradient (B, H); step_mask (B) bytes, 1 at a real step, or NULL (all real). The
+ * loops take them for all steps: z_all, dz_all (T, B, 4H), h_all, c_all (T + 1, B, H) (row t + 1
+ * is the state after step t), masks (T, B), recurrent_mask (B, H) or NULL.
+ *
+ * Forward, per unit:   i, f, o = sigmoid(z_i, z_f, z_o),  g = tanh(z_g)   (written over z)
+ *                      c = f * c_prev + i * g,  h = o * tanh(c)           (tanh(c) kept)
+ * At a masked step the carried state is the previous one: c = c_prev, h = h_prev.
+ *
+ * Backward, per unit, from dh = dL/dh_t (its output's and the later steps' share) and
+ * dc = dL/dc_t (overwritten by dL/dc_{t-1}):
+ *      dc   = dc + dh * o * (1 - tanh(c)^2)
+ *      dz_i = dc * g * i * (1 - i)          dz_f = dc * c_prev * f * (1 - f)
+ *      dz_g = dc * i * (1 - g^2)            dz_o = dh * tanh(c) * o * (1 - o)
+ *      dc_prev = dc * f
+ * then dh_prev += r (dz W_hh), r the recurrent dropout mask (1 without). At a masked step
+ * dz = 0, and dh (added onto dh_prev) and dc pass to the previous step unchanged.
+ *
+ * Built by `longshort.native` with -O3 -march=native -fno-math-errno. glibc's libmvec holds
+ * vector versions of exp and tanh; declared below, the compiler calls them 8 or 16 lanes at a
+ * time. (-ffast-math would declare them too, but would also let the compiler assume no NaN or
+ * infinity, and longshort's guards need a NaN to come out as a NaN.)
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if !(defined(__x86_64__) && defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35)))
+#error "needs glibc >= 2.35 on x86-64 for vector exp and tanh (libmvec); without them torch's own ops are faster"
+#endif
+
+float expf(float) __attribute__((simd("notinbranch")));
+float tanhf(float) __attribute__((simd("notinbranch")));
+double exp(double) __attribute__((simd("notinbranch")));
+double tanh(double) __attribute__((simd("notinbranch")));
+
+#define LSTM_STEPS(scalar, suffix, EXP, TANH)                                                          \
+    void lstm_forward_step_##suffix(int64_t B, int64_t H, scalar *restrict z,                          \
+                                    const scalar *restrict c_prev, const scalar *restrict h_prev,      \
+                                    scalar *restrict c, scalar *restrict h, scalar *restrict tanh_c,   \
+                                    const uint8_t *restrict step_mask) {                               \
+        for (int64_t b = 0; b < B; b++) {                                                              \
+            scalar *restrict z_i = z + b * 4 * H, *restrict z_f = z_i + H;                             \
+            scalar *restrict z_g = z_i + 2 * H, *restrict z_o = z_i + 3 * H;                           \
+            const scalar *restrict c_prev_b = c_prev + b * H, *restrict h_prev_b = h_prev + b * H;     \
+            scalar *restrict c_b = c + b * H, *restrict h_b = h + b * H, *restrict tanh_c_b = tanh_c + b * H; \
+            if (step_mask && !step_mask[b]) { /* a padding step: the state carries over */             \
+                for (int64_t j = 0; j < H; j++) {                                                      \
+                    c_b[j] = c_prev_b[j];                                                              \
+                    h_b[j] = h_prev_b[j];                                                              \
+                }                                                                                      \
+                continue;                                                                              \
+            }                                                                                          \
+            for (int64_t j = 0; j < H; j++) {                                                          \
+                scalar i = 1 / (1 + EXP(-z_i[j])), f = 1 / (1 + EXP(-z_f[j]));                         \
+                scalar g = TANH(z_g[j]), o = 1 / (1 + EXP(-z_o[j]));                                   \
+                scalar c_j = f * c_prev_b[j] + i * g, tanh_c_j = TANH(c_j);                            \
+                z_i[j] = i, z_f[j] = f, z_g[j] = g, z_o[j] = o;                                        \
+                c_b[j] = c_j, tanh_c_b[j] = tanh_c_j, h_b[j] = o * tanh_c_j;                           \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    void lstm_backward_step_##suffix(int64_t B, int64_t H, const scalar *restrict gates,               \
+                                     const scalar *restrict c_prev, const scalar *restrict tanh_c,     \
+                                     const scalar *restrict dh, scalar *restrict dh_prev,              \
+                                     scalar *restrict dc, scalar *restrict dz,                         \
+                                     const uint8_t *restrict step_mask) {                              \
+        for (int64_t b = 0; b < B; b++) {                                                              \
+            const scalar *restrict i = gates + b * 4 * H, *restrict f = i + H;                         \
+            const scalar *restrict g = i + 2 * H, *restrict o = i + 3 * H;                             \
+            scalar *restrict dz_i = dz + b * 4 * H, *restrict dz_f = dz_i + H;                         \
+            scalar *restrict dz_g = dz_i + 2 * H, *restrict dz_o = dz_i + 3 * H;                       \
+            const scalar *restrict c_prev_b = c_prev + b * H, *restrict tanh_c_b = tanh_c + b * H;     \
+            const scalar *restrict dh_b = dh + b * H;                                                  \
+            scalar *restrict dh_prev_b = dh_prev + b * H, *restrict dc_b = dc + b * H;                 \
+            if (step_mask && !step_mask[b]) { /* a padding step: no gradient, dh and dc pass on */     \
+                for (int64_t j = 0; j < H; j++) {                                                      \
+                    dz_i[j] = 0, dz_f[j] = 0, dz_g[j] = 0, dz_o[j] = 0;                                \
+                    dh_prev_b[j] += dh_b[j];                                                           \
+                }                                                                                      \
+                continue;                                                                              \
+            }                                                                                          \
+            for (int64_t j = 0; j < H; j++) {                                                          \
+                scalar dc_j = dc_b[j] + dh_b[j] * o[j] * (1 - tanh_c_b[j] * tanh_c_b[j]);              \
+                dz_i[j] = dc_j * g[j] * i[j] * (1 - i[j]);                                             \
+                dz_f[j] = dc_j * c_prev_b[j] * f[j] * (1 - f[j]);                                      \
+                dz_g[j] = dc_j * i[j] * (1 - g[j] * g[j]);                                             \
+                dz_o[j] = dh_b[j] * tanh_c_b[j] * o[j] * (1 - o[j]);                                   \
+                dc_b[j] = dc_j * f[j];                                                                 \
+            }                                                                                          \
+        }                                                                                              \
+    }
+
+/* The loops. A step's recurrent matmul goes through the BLAS gemm whose address the caller
+ * passes. gemm computes C = alpha op(A) op(B) + beta C on column-major matrices, which is how it
+ * reads our row-major ones transposed. So z (B, G) += h (B, K) W^T, for W_hh (G, K), is to gemm
+ * z^T (G, B) += W h^T, and dh (B, K) += dz (B, G) W is dh^T (K, B) += W^T dz^T. `w` holds W_hh
+ * row-major, which gemm reads as W^T, or, with `w_transposed`, W^T (K, G) row-major, which gemm
+ * reads as W.
+ *
+ * At a batch of one these are matrix-vector products, which rows_dot and rows_axpy do in one
+ * pass over the weight, on one core, in about half the time of gemm's call on two (LSTM, H=256).
+ * For M (R, K) row-major: rows_dot is y (R) += M x, rows_axpy is y (K) += x^T M. */
+#define MATMULS(scalar, suffix)                                                                        \
+    typedef void (*gemm_##suffix)(const char *, const char *, const int *, const int *, const int *,   \
+                                  const scalar *, const scalar *, const int *, const scalar *,         \
+                                  const int *, const scalar *, scalar *, const int *);                 \
+                                                                                                       \
+    static void rows_dot_##suffix(int64_t R, int64_t K, const scalar *restrict M,                      \
+                                  const scalar *restrict x, scalar *restrict y) {                      \
+        int64_t r = 0;                                                                                 \
+        for (; r + 4 <= R; r += 4) { /* four rows at once: four independent sums keep the FMAs busy */ \
+            const scalar *restrict m0 = M + r * K, *restrict m1 = m0 + K;                              \
+            const scalar *restrict m2 = m1 + K, *restrict m3 = m2 + K;                                 \
+            scalar s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                     \
+            _Pragma("omp simd reduction(+ : s0, s1, s2, s3)") for (int64_t k = 0; k < K; k++) {        \
+                s0 += m0[k] * x[k], s1 += m1[k] * x[k], s2 += m2[k] * x[k], s3 += m3[k] * x[k];        \
+            }                                                                                          \
+            y[r] += s0, y[r + 1] += s1, y[r + 2] += s2, y[r + 3] += s3;                                \
+        }                                                                                              \
+        for (; r < R; r++) {                                                                           \
+            const scalar *restrict row = M + r * K;                                                    \
+            scalar sum = 0;                                                                            \
+            _Pragma("omp simd reduction(+ : sum)") for (int64_t k = 0; k < K; k++) sum += row[k] * x[k]; \
+            y[r] += sum;                                                                               \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    static void rows_axpy_##suffix(int64_t R, int64_t K, const scalar *restrict M,                     \
+                                   const scalar *restrict x, scalar *restrict y) {                     \
+        for (int64_t r = 0; r < R; r++) {                                                              \
+            const scalar *restrict row = M + r * K;                                                    \
+            const scalar x_r = x[r];                                                                   \
+            for (int64_t k = 0; k < K; k++) y[k] += x_r * row[k];                                      \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    /* z (B, G) += (r h) (B, K) W_hh^T, r the recurrent dropout mask (B, K) or NULL; buffer (B, K). */  \
+    static void add_recurrent_share_##suffix(gemm_##suffix gemm, int64_t B, int64_t K, int64_t G,       \
+                                             const scalar *h, const scalar *w, int64_t w_transposed,   \
+                                             const scalar *r, scalar *buffer, scalar *z) {             \
+        if (r) {                                                                                       \
+            for (int64_t j = 0; j < B * K; j++) buffer[j] = h[j] * r[j];                               \
+            h = buffer;                                                                                \
+        }                                                                                              \
+        if (B == 1) {                                                                                  \
+            if (w_transposed) rows_axpy_##suffix(K, G, w, h, z);                                       \
+            else rows_dot_##suffix(G, K, w, h, z);                                                     \
+            return;                                                                                    \
+        }                                                                                              \
+        const char transa = w_transposed ? 'N' : 'T', transb = 'N';                                    \
+        const int m = G, n = B, k = K, lda = w_transposed ? G : K, ldb = K, ldc = G;                   \
+        const scalar one = 1;                                                                          \
+        gemm(&transa, &transb, &m, &n, &k, &one, w, &lda, h, &ldb, &one, z, &ldc);                     \
+    }                                                                                                  \
+                                                                                                       \
+    /* dh (B, K) += r (dz (B, G) W_hh), r the recurrent dropout mask or NULL; buffer (B, K). */        \
+    static void add_recurrent_gradient_##suffix(gemm_##suffix gemm, int64_t B, int64_t K, int64_t G,    \
+                                                const scalar *dz, const scalar *w, int64_t w_transposed, \
+                                                const scalar *r, scalar *buffer, scalar *dh) {         \
+        scalar *out = dh;                                                                              \
+        if (r) {                                                                                       \
+            for (int64_t j = 0; j < B * K; j++) buffer[j] = 0;                                         \
+            out = buffer;                                                                              \
+        }                                                                                              \
+        if (B == 1) {                                                                                  \
+            if (w_transposed) rows_dot_##suffix(K, G, w, dz, out);                                     \
+            else rows_axpy_##suffix(G, K, w, dz, out);                                                 \
+        } else {                                                                                       \
+            const char transa = w_transposed ? 'T' : 'N', transb = 'N';                                \
+            const int m = K, n = B, k = G, lda = w_transposed ? G : K, ldb = G, ldc = K;               \
+            const scalar one = 1;                                                                      \
+            gemm(&transa, &transb, &m, &n, &k, &one, w, &lda, dz, &ldb, &one, out, &ldc);              \
+        }                                                                                              \
+        if (r)                                                                                         \
+            for (int64_t j = 0; j < B * K; j++) dh[j] += buffer[j] * r[j];                             \
+    }
+
+/* LSTM (fused_lstm.py). z_all (T, B, 4H) holds p_t and becomes the activated gates; h_all, c_all
+ * (T + 1, B, H); tanh_c_all (T, B, H). Backward: dh_outs (T + 1, B, H), row t + 1 holding dL/dy_t
+ * and getting the recurrent share of step t + 1 (row 0 ends as dL/dh_0); dc holds dL/dc_T and ends
+ * as dL/dc_0; buffer (B, H). */
+#define LSTM_LOOPS(scalar, suffix)                                                                     \
+    void lstm_forward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *z_all, scalar *h_all,     \
+                                    scalar *c_all, scalar *tanh_c_all, const uint8_t *masks,           \
+                                    const scalar *recurrent_mask, scalar *buffer, const scalar *w,     \
+                                    int64_t w_transposed, void *gemm) {                                \
+        for (int64_t t = 0; t < T; t++) {                                                              \
+            scalar *z = z_all + t * B * 4 * H, *h_prev = h_all + t * B * H;                            \
+            add_recurrent_share_##suffix((gemm_##suffix)gemm, B, H, 4 * H, h_prev, w, w_transposed,    \
+                                         recurrent_mask, buffer, z);                                   \
+            lstm_forward_step_##suffix(B, H, z, c_all + t * B * H, h_prev, c_all + (t + 1) * B * H,    \
+                                       h_prev + B * H, tanh_c_all + t * B * H, masks ? masks + t * B : NULL); \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    void lstm_backward_loop_##suffix(int64_t T, int64_t B, int64_t H, const scalar *z_all,            \
+                                     const scalar *c_all, const scalar *tanh_c_all, scalar *dh_outs,  \
+                                     scalar *dc, scalar *dz_all, const uint8_t *masks,                \
+                                     const scalar *recurrent_mask, scalar *buffer, const scalar *w,   \
+                                     int64_t w_transposed, void *gemm) {                               \
+        for (int64_t t = T - 1; t >= 0; t--) {                                                         \
+            scalar *dz = dz_all + t * B * 4 * H, *dh_prev = dh_outs + t * B * H;                       \
+            lstm_backward_step_##suffix(B, H, z_all + t * B * 4 * H, c_all + t * B * H,                \
+                                        tanh_c_all + t * B * H, dh_prev + B * H, dh_prev, dc, dz,      \
+                                        masks ? masks + t * B : NULL);                                 \
+            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, H, 4 * H, dz, w, w_transposed,     \
+                                            recurrent_mask, buffer, dh_prev);                          \
+        }                                                                                              \
+    }
+
+/* GRU (fused_gru.py). rzq_all (T, B, 3H) holds p_r + b_hr, p_z + b_hz, b_hn and becomes r, z,
+ * q_n; n_all (T, B, H) holds p_n and becomes n; h_all (T + 1, B, H). Per unit, after
+ * rzq += (r_drop h_prev) W_hh^T:
+ *      r, z = sigmoid(rzq_r, rzq_z),  n = tanh(n + r q_n),  h = lerp(n, h_prev, z)
+ * with torch.lerp's formula, exact at z = 1 (how a masked step keeps h_prev: fused_gru.py sets
+ * z to +inf there). Backward: dq_all (T, B, 3H) holds the factors dq / dh of fused_gru.py and
+ * becomes dq; dh_all (T + 1, B, H) as dh_outs above; per step
+ *      dq *= dh (each gate),  dh_prev += dh z + r_drop (dq W_hh). */
+#define GRU_LOOPS(scalar, suffix, EXP, TANH)                                                           \
+    void gru_forward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *rzq_all, scalar *n_all,    \
+                                   scalar *h_all, const scalar *recurrent_mask, scalar *buffer,        \
+                                   const scalar *w, int64_t w_transposed, void *gemm) {                \
+        for (int64_t t = 0; t < T; t++) {                                                              \
+            scalar *rzq = rzq_all + t * B * 3 * H, *n = n_all + t * B * H, *h_prev = h_all + t * B * H; \
+            add_recurrent_share_##suffix((gemm_##suffix)gemm, B, H, 3 * H, h_prev, w, w_transposed,    \
+                                         recurrent_mask, buffer, rzq);                                 \
+            for (int64_t b = 0; b < B; b++) {                                                          \
+                scalar *restrict r_b = rzq + b * 3 * H, *restrict z_b = r_b + H;                       \
+                const scalar *restrict q_n = r_b + 2 * H, *restrict h_prev_b = h_prev + b * H;         \
+                scalar *restrict n_b = n + b * H, *restrict h_b = h_prev + (B + b) * H;                \
+                /* three simple loops, each vectorised (r and z side by side are one loop) */            \
+                for (int64_t j = 0; j < 2 * H; j++) r_b[j] = 1 / (1 + EXP(-r_b[j]));                   \
+                for (int64_t j = 0; j < H; j++) n_b[j] = TANH(n_b[j] + r_b[j] * q_n[j]);               \
+                for (int64_t j = 0; j < H; j++) {                                                      \
+                    scalar z = z_b[j], n_j = n_b[j], h_j = h_prev_b[j];                                \
+                    h_b[j] = z < (scalar)0.5 ? n_j + z * (h_j - n_j) : h_j - (h_j - n_j) * (1 - z);    \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    void gru_backward_loop_##suffix(int64_t T, int64_t B, int64_t H, const scalar *rzq_all,           \
+                                    scalar *dq_all, scalar *dh_all, const scalar *recurrent_mask,     \
+                                    scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm) { \
+        for (int64_t t = T - 1; t >= 0; t--) {                                                         \
+            scalar *dq = dq_all + t * B * 3 * H, *dh_prev = dh_all + t * B * H;                        \
+            for (int64_t b = 0; b < B; b++) {                                                          \
+                scalar *restrict dq_b = dq + b * 3 * H, *restrict dh_prev_b = dh_prev + b * H;         \
+                const scalar *restrict dh_b = dh_prev + (B + b) * H;                                   \
+                const scalar *restrict z_b = rzq_all + t * B * 3 * H + b * 3 * H + H;                  \
+                for (int64_t j = 0; j < H; j++) {                                                      \
+                    scalar dh = dh_b[j];                                                               \
+                    dq_b[j] *= dh, dq_b[H + j] *= dh, dq_b[2 * H + j] *= dh;                           \
+                    dh_prev_b[j] += dh * z_b[j];                                                       \
+                }                                                                                      \
+            }                                                                                          \
+            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, H, 3 * H, dq, w, w_transposed,     \
+                                            recurrent_mask, buffer, dh_prev);                          \
+        }                                                                                              \
+    }
+
+/* SimpleRNN (fused_simple_rnn.py). h_all (T + 1, B, H): rows 1.. hold p_t and become h_t,
+ *      h = act(p_t + (r_drop h_prev) W_hh^T),  act tanh, or relu (NaN stays NaN)
+ * and h = h_prev at a masked step. Backward: da_all (T, B, H) holds act'(a) m and becomes da;
+ * dh_all (T + 1, B, H) as dh_outs above; per step
+ *      da *= dh,  dh_prev += r_drop (da W_hh),  and dh_prev += dh at a masked step. */
+#define SIMPLE_RNN_LOOPS(scalar, suffix, TANH)                                                         \
+    void simple_rnn_forward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *h_all,              \
+                                          const uint8_t *masks, int64_t relu,                          \
+                                          const scalar *recurrent_mask, scalar *buffer,                \
+                                          const scalar *w, int64_t w_transposed, void *gemm) {         \
+        for (int64_t t = 0; t < T; t++) {                                                              \
+            scalar *h_prev = h_all + t * B * H, *h = h_prev + B * H;                                   \
+            add_recurrent_share_##suffix((gemm_##suffix)gemm, B, H, H, h_prev, w, w_transposed,        \
+                                         recurrent_mask, buffer, h);                                   \
+            for (int64_t b = 0; b < B; b++) {                                                          \
+                scalar *restrict h_b = h + b * H;                                                      \
+                const scalar *restrict h_prev_b = h_prev + b * H;                                      \
+                if (masks && !masks[t * B + b])                                                        \
+                    for (int64_t j = 0; j < H; j++) h_b[j] = h_prev_b[j];                              \
+                else if (relu)                                                                         \
+                    for (int64_t j = 0; j < H; j++) h_b[j] = h_b[j] < 0 ? 0 : h_b[j];                  \
+                else                                                                                   \
+                    for (int64_t j = 0; j < H; j++) h_b[j] = TANH(h_b[j]);                             \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    void simple_rnn_backward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *da_all,           \
+                                           scalar *dh_all, const uint8_t *masks,                      \
+                                           const scalar *recurrent_mask, scalar *buffer,              \
+                                           const scalar *w, int64_t w_transposed, void *gemm) {        \
+        for (int64_t t = T - 1; t >= 0; t--) {                                                         \
+            scalar *da = da_all + t * B * H, *dh_prev = dh_all + t * B * H, *dh = dh_prev + B * H;     \
+            for (int64_t j = 0; j < B * H; j++) da[j] *= dh[j];                                        \
+            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, H, H, da, w, w_transposed,         \
+                                            recurrent_mask, buffer, dh_prev);                          \
+            for (int64_t b = 0; masks && b < B; b++)                                                   \
+                if (!masks[t * B + b])                                                                 \
+                    for (int64_t j = 0; j < H; j++) dh_prev[b * H + j] += dh[b * H + j];               \
+        }                                                                                              \
+    }
+
+LSTM_STEPS(float, f32, expf, tanhf)
+LSTM_STEPS(double, f64, exp, tanh)
+MATMULS(float, f32)
+MATMULS(double, f64)
+LSTM_LOOPS(float, f32)
+LSTM_LOOPS(double, f64)
+GRU_LOOPS(float, f32, expf, tanhf)
+GRU_LOOPS(double, f64, exp, tanh)
+SIMPLE_RNN_LOOPS(float, f32, tanhf)
+SIMPLE_RNN_LOOPS(double, f64, tanh)
