@@ -125,15 +125,50 @@ def _seed():
 
 
 # -- the tests ---------------------------------------------------------------------------------
+@pytest.fixture
+def loops(request, monkeypatch):
+    """The kernel's loops in C (as by default, where longshort.native builds) or in torch ops."""
+    if request.param == "torch_ops":
+        monkeypatch.setenv("LONGSHORT_NATIVE", "0")
+    return request.param
+
+
+def batch_of_one(case: Case) -> Case:
+    """The case's first sequence alone (its masks too): the C loops' matrix-vector path."""
+    first = [x.detach()[:, :1] if k == 0 else x.detach()[:1] if k < 3 else x.detach() for k, x in enumerate(case.inputs)]
+    zoneout = case.zoneout
+    if zoneout is not None and isinstance(zoneout.h, Tensor):
+        zoneout = ZoneoutKeep(zoneout.h[:, :1], zoneout.c[:, :1])
+    return Case([x.requires_grad_() for x in first], case.peephole, case.layer_norm, zoneout,
+                None if case.step_mask is None else case.step_mask[:1], None if case.recurrent_mask is None else case.recurrent_mask[:1])
+
+
 @ALL_CONFIGS
-def test_gradcheck(config):
+@pytest.mark.parametrize("loops", ["c", "torch_ops"], indirect=True)
+def test_gradcheck(config, loops):
     case = make_case(config, seed=1)
     assert gradcheck(lambda *xs: case.run(lstm_variant_recurrence, list(xs)), case.inputs)
 
 
+@pytest.mark.parametrize("config", ["all_zoneout_masks", "all_zoneout_rate"])
+def test_gradcheck_at_a_batch_of_one(config):
+    case = batch_of_one(make_case(config, seed=1))
+    assert gradcheck(lambda *xs: case.run(lstm_variant_recurrence, list(xs)), case.inputs)
+
+
 @ALL_CONFIGS
+def test_a_batch_of_one_matches_the_autograd_loop(config):
+    case = batch_of_one(make_case(config, seed=2))
+    fused, want = case.run(lstm_variant_recurrence), case.run(reference)
+    assert_close_all(fused, want, 1e-12)
+    upstream = [torch.randn_like(o) for o in want]
+    assert_close_all(grads(fused, case.inputs, upstream), grads(want, case.inputs, upstream), 1e-12)
+
+
+@ALL_CONFIGS
+@pytest.mark.parametrize("loops", ["c", "torch_ops"], indirect=True)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)], ids=["float64", "float32"])
-def test_outputs_and_gradients_match_the_autograd_loop(config, dtype, tol):
+def test_outputs_and_gradients_match_the_autograd_loop(config, loops, dtype, tol):
     case = make_case(config, dtype=dtype, seed=2)
     p_before = case.inputs[0].detach().clone()
     fused, want = case.run(lstm_variant_recurrence), case.run(reference)

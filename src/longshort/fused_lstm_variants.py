@@ -61,6 +61,13 @@ they hold: u = 0 there, and the forward zeroes the values it keeps of them.
 
 Both loops run under `torch.inference_mode()`, as in `fused_lstm` (fewer dispatcher layers per
 op); what they keep or return is allocated before them.
+
+The loops in C. Where `longshort.native` builds csrc/rnn_loops.c, each loop is one call into C
+(`_forward_steps_in_c`, `_backward_steps_in_c`) with the same equations, a step there being a
+gemm (a matrix-vector product at B = 1) and passes over each row of the batch (the layer norms'
+means and variances included); the factors above are still computed with torch ops for all
+steps at once. The torch-ops loops in `LSTMVariantRecurrence` are the reference and the fallback
+(LONGSHORT_NATIVE=0), and the tests run both.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from longshort.native import LoopKernels, address, loop_kernels, weight_layout
 
 
 class LayerNormWeights(NamedTuple):
@@ -139,54 +148,60 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         carry_h, carry_c = hold_h is not None or rate_h is not None, hold_c is not None or rate_c is not None
         zoned_c = isinstance(keep_c, Tensor) or rate_c is not None
         z_all = p.clone(memory_format=torch.contiguous_format)  # (T, B, 4H), becomes the activated gates
-        w_t = weight_hh.T.contiguous()  # (H, 4H); a contiguous copy: the per-step matmul runs about 1.4-2x faster
+        w_t = weight_hh.T.contiguous()  # (H, 4H); a contiguous copy: torch's per-step matmul runs about 1.4-2x faster, and the C loop's at B = 1
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         c_all = p.new_empty(T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
         c_new_all = p.new_empty(T, B, H) if zoned_c else c_all[1:]  # c before zoneout, for dw_co
         tanh_n_all = p.new_empty(T, B, H)
         w_cif = torch.stack([w_ci, w_cf]) if peephole else None  # (2, H)
-        # The per-step views, made once: cheaper than indexing in the loop. A state that is carried
-        # through zoneout or a step mask is computed into a buffer first.
-        zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
-        z_ifs = z_all[..., : 2 * H].unflatten(-1, (2, H)).unbind(0) if peephole else None  # (B, 2, H) each
-        is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
-        hs, cs, tanh_ns = h_all.unbind(0), c_all.unbind(0), tanh_n_all.unbind(0)
-        h_news = (p.new_empty(B, H),) * T if carry_h else hs[1:]
-        c_news = c_new_all.unbind(0) if zoned_c else (p.new_empty(B, H),) * T if carry_c else cs[1:]
-        holds_h, holds_c = ((None,) * T if hold is None else hold.unbind(0) for hold in (hold_h, hold_c))
-        h_in, q = p.new_empty(B, H), p.new_empty(B, four_h)
-        qhats, rsig_qs = [], []
-        with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
-            for t in range(T):
-                h_prev, c_prev, h_new, c_new, tanh_n = hs[t], cs[t], h_news[t], c_news[t], tanh_ns[t]
-                if recurrent_mask is not None:
-                    h_prev = torch.mul(hs[t], recurrent_mask, out=h_in)
-                if ln:
-                    qhat, _, rsig_q = torch.native_layer_norm(torch.mm(h_prev, w_t, out=q), (four_h,), None, None, eps)
-                    zs[t].addcmul_(qhat, gain_hh)
-                    qhats.append(qhat)
-                    rsig_qs.append(rsig_q)
-                else:
-                    zs[t].addmm_(h_prev, w_t)
-                if peephole:
-                    z_ifs[t].addcmul_(c_prev.unsqueeze(1), w_cif)  # (B, 2, H)
-                if_parts[t].sigmoid_()
-                gs[t].tanh_()
-                torch.mul(fs[t], c_prev, out=c_new).addcmul_(is_[t], gs[t])
-                if peephole:
-                    os[t].addcmul_(c_new, w_co)
-                os[t].sigmoid_()
-                n = torch.native_layer_norm(c_new, (H,), gain_c, shift_c, eps)[0] if ln else c_new
-                torch.mul(os[t], torch.tanh(n, out=tanh_n), out=h_new)
-                if carry_h:
-                    _carry(h_new, hs[t], hs[t + 1], holds_h[t], rate_h)
-                if carry_c:
-                    _carry(c_new, c_prev, cs[t + 1], holds_c[t], rate_c)
+        kernels = loop_kernels(p.dtype) if p.device.type == "cpu" else None
+        if kernels is not None:  # the same loop in C (longshort.native)
+            qhat, rsig_q = _forward_steps_in_c(kernels, z_all, h_all, c_all, c_new_all, tanh_n_all, w_t.T, w_cif, w_co,
+                                               LayerNormWeights(gain_hh, gain_c, shift_c, eps) if ln else None,
+                                               (hold_h, rate_h), (hold_c, rate_c), recurrent_mask)
+        else:
+            # The per-step views, made once: cheaper than indexing in the loop. A state that is carried
+            # through zoneout or a step mask is computed into a buffer first.
+            zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
+            z_ifs = z_all[..., : 2 * H].unflatten(-1, (2, H)).unbind(0) if peephole else None  # (B, 2, H) each
+            is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
+            hs, cs, tanh_ns = h_all.unbind(0), c_all.unbind(0), tanh_n_all.unbind(0)
+            h_news = (p.new_empty(B, H),) * T if carry_h else hs[1:]
+            c_news = c_new_all.unbind(0) if zoned_c else (p.new_empty(B, H),) * T if carry_c else cs[1:]
+            holds_h, holds_c = ((None,) * T if hold is None else hold.unbind(0) for hold in (hold_h, hold_c))
+            h_in, q = p.new_empty(B, H), p.new_empty(B, four_h)
+            qhats, rsig_qs = [], []
+            with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
+                for t in range(T):
+                    h_prev, c_prev, h_new, c_new, tanh_n = hs[t], cs[t], h_news[t], c_news[t], tanh_ns[t]
+                    if recurrent_mask is not None:
+                        h_prev = torch.mul(hs[t], recurrent_mask, out=h_in)
+                    if ln:
+                        qhat, _, rsig_q = torch.native_layer_norm(torch.mm(h_prev, w_t, out=q), (four_h,), None, None, eps)
+                        zs[t].addcmul_(qhat, gain_hh)
+                        qhats.append(qhat)
+                        rsig_qs.append(rsig_q)
+                    else:
+                        zs[t].addmm_(h_prev, w_t)
+                    if peephole:
+                        z_ifs[t].addcmul_(c_prev.unsqueeze(1), w_cif)  # (B, 2, H)
+                    if_parts[t].sigmoid_()
+                    gs[t].tanh_()
+                    torch.mul(fs[t], c_prev, out=c_new).addcmul_(is_[t], gs[t])
+                    if peephole:
+                        os[t].addcmul_(c_new, w_co)
+                    os[t].sigmoid_()
+                    n = torch.native_layer_norm(c_new, (H,), gain_c, shift_c, eps)[0] if ln else c_new
+                    torch.mul(os[t], torch.tanh(n, out=tanh_n), out=h_new)
+                    if carry_h:
+                        _carry(h_new, hs[t], hs[t + 1], holds_h[t], rate_h)
+                    if carry_c:
+                        _carry(c_new, c_prev, cs[t + 1], holds_c[t], rate_c)
+            qhat, rsig_q = (torch.stack(xs) for xs in (qhats, rsig_qs)) if ln else (None, None)  # (T, B, 4H), (T, B, 1)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks
-        qhat, rsig_q = (torch.stack(xs) for xs in (qhats, rsig_qs)) if ln else (None, None)  # (T, B, 4H), (T, B, 1)
         if masks is not None and any(ctx.needs_input_grad):  # padding steps: no gradient from what they hold
             for x in (z_all, tanh_n_all) + ((c_new_all,) if zoned_c else ()):
                 x.masked_fill_(~masks, 0)
@@ -242,39 +257,44 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         dc_state, dc_next = dy.new_zeros(B, H), dy.new_empty(B, H)  # dL/dc_t, and dL/dc_{t-1} as it is computed
         if dc_T is not None:
             dc_state.copy_(dc_T)
-        # The per-step views, made once: cheaper than indexing in the loop.
-        dh_out_s, dz_o_per_dhs, dc_per_dhs, dz_ifg_per_dcs, dc_prev_per_dcs, dzs, dqs = (
-            x.unbind(0) for x in (dh_outs, dz_o_per_dh, dc_per_dh, dz_ifg_per_dc, dc_prev_per_dc, dz_all, dq_all))
-        u_hs, v_hs, u_cs, v_cs = (None if x is None else x.unbind(0) for x in (u_h, v_h, u_c, v_c))
-        dz_ifgs, dz_os = dz_all[..., : 3 * H].unflatten(-1, (3, H)).unbind(0), dz_all[..., 3 * H :].unbind(0)
-        if ln:
-            c_sums_per_dhs, chat_bases = c_sums_per_dh.transpose(2, 3).unbind(0), chat_basis.unbind(0)  # (B, H, 2), (B, 2, H)
-            qhat_rows = qhat.unsqueeze(2)  # (T, B, 1, 4H)
-            qhat_cols, qhat_rows, rsig_qs = qhat_rows.transpose(2, 3).unbind(0), qhat_rows.unbind(0), rsig_q.unbind(0)
-        with torch.inference_mode():  # every tensor kept or returned was allocated outside: none is an inference tensor
-            for t in range(T - 1, -1, -1):
-                dh_out, dh_prev = dh_out_s[t + 1], dh_out_s[t]
-                dh = dh_out if u_h is None else dh_out * u_hs[t]  # dL/dh_new
-                torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
-                dc = (dc_state if u_c is None else dc_state * u_cs[t]).addcmul_(dh, dc_per_dhs[t])
-                dc_row = dc.unsqueeze(1)  # (B, 1, H)
-                if ln:  # LN_c's mean terms: dc -= [mean d, mean d c^] [1; c^]
-                    dc_row.baddbmm_(torch.bmm(dh.unsqueeze(1), c_sums_per_dhs[t]), chat_bases[t], alpha=-1 / H)
-                torch.mul(dz_ifg_per_dcs[t], dc_row, out=dz_ifgs[t])
-                if ln:  # dq = (dq^ - q^ mean(dq^ q^)) / s_q with dq^ = dz gain_hh; w_hh takes the mean(dq^) term
-                    dq_row = torch.mul(dzs[t], gain_hh, out=dqs[t]).unsqueeze(1)  # (B, 1, 4H)
-                    dq_row.baddbmm_(torch.bmm(dq_row, qhat_cols[t]), qhat_rows[t], alpha=-1 / four_h)
-                    dqs[t].mul_(rsig_qs[t])
-                if recurrent_mask is None:
-                    dh_prev.addmm_(dqs[t], w_hh)
-                else:
-                    dh_prev.addcmul_(dqs[t] @ w_hh, recurrent_mask)
-                if u_h is not None:
-                    dh_prev.addcmul_(dh_out, v_hs[t])
-                torch.mul(dc, dc_prev_per_dcs[t], out=dc_next)
-                if u_c is not None:
-                    dc_next.addcmul_(dc_state, v_cs[t])
-                dc_state, dc_next = dc_next, dc_state
+        kernels = loop_kernels(z_all.dtype) if z_all.device.type == "cpu" else None
+        if kernels is not None:  # the same loop in C (longshort.native)
+            factors = (dz_o_per_dh, dc_per_dh, dz_ifg_per_dc, dc_prev_per_dc) + ((c_sums_per_dh, chat, qhat, rsig_q) if ln else (None,) * 4)
+            _backward_steps_in_c(kernels, dz_all, dq_all, dh_outs, dc_state, factors, gain_hh, (u_h, v_h, u_c, v_c), w_hh, recurrent_mask)
+        else:
+            # The per-step views, made once: cheaper than indexing in the loop.
+            dh_out_s, dz_o_per_dhs, dc_per_dhs, dz_ifg_per_dcs, dc_prev_per_dcs, dzs, dqs = (
+                x.unbind(0) for x in (dh_outs, dz_o_per_dh, dc_per_dh, dz_ifg_per_dc, dc_prev_per_dc, dz_all, dq_all))
+            u_hs, v_hs, u_cs, v_cs = (None if x is None else x.unbind(0) for x in (u_h, v_h, u_c, v_c))
+            dz_ifgs, dz_os = dz_all[..., : 3 * H].unflatten(-1, (3, H)).unbind(0), dz_all[..., 3 * H :].unbind(0)
+            if ln:
+                c_sums_per_dhs, chat_bases = c_sums_per_dh.transpose(2, 3).unbind(0), chat_basis.unbind(0)  # (B, H, 2), (B, 2, H)
+                qhat_rows = qhat.unsqueeze(2)  # (T, B, 1, 4H)
+                qhat_cols, qhat_rows, rsig_qs = qhat_rows.transpose(2, 3).unbind(0), qhat_rows.unbind(0), rsig_q.unbind(0)
+            with torch.inference_mode():  # every tensor kept or returned was allocated outside: none is an inference tensor
+                for t in range(T - 1, -1, -1):
+                    dh_out, dh_prev = dh_out_s[t + 1], dh_out_s[t]
+                    dh = dh_out if u_h is None else dh_out * u_hs[t]  # dL/dh_new
+                    torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
+                    dc = (dc_state if u_c is None else dc_state * u_cs[t]).addcmul_(dh, dc_per_dhs[t])
+                    dc_row = dc.unsqueeze(1)  # (B, 1, H)
+                    if ln:  # LN_c's mean terms: dc -= [mean d, mean d c^] [1; c^]
+                        dc_row.baddbmm_(torch.bmm(dh.unsqueeze(1), c_sums_per_dhs[t]), chat_bases[t], alpha=-1 / H)
+                    torch.mul(dz_ifg_per_dcs[t], dc_row, out=dz_ifgs[t])
+                    if ln:  # dq = (dq^ - q^ mean(dq^ q^)) / s_q with dq^ = dz gain_hh; w_hh takes the mean(dq^) term
+                        dq_row = torch.mul(dzs[t], gain_hh, out=dqs[t]).unsqueeze(1)  # (B, 1, 4H)
+                        dq_row.baddbmm_(torch.bmm(dq_row, qhat_cols[t]), qhat_rows[t], alpha=-1 / four_h)
+                        dqs[t].mul_(rsig_qs[t])
+                    if recurrent_mask is None:
+                        dh_prev.addmm_(dqs[t], w_hh)
+                    else:
+                        dh_prev.addcmul_(dqs[t] @ w_hh, recurrent_mask)
+                    if u_h is not None:
+                        dh_prev.addcmul_(dh_out, v_hs[t])
+                    torch.mul(dc, dc_prev_per_dcs[t], out=dc_next)
+                    if u_c is not None:
+                        dc_next.addcmul_(dc_state, v_cs[t])
+                    dc_state, dc_next = dc_next, dc_state
 
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dweight_hh = dq_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
@@ -291,6 +311,49 @@ class LSTMVariantRecurrence(torch.autograd.Function):
             dw_co = torch.mul(dz_all[..., 3 * H :], c_new, out=dz_ifg_per_dc[:, :, 2]).sum((0, 1))
         return (dz_all, dh_outs[0], dc_state, dweight_hh, dw_ci, dw_cf, dw_co, dgain_hh, dgain_c, dshift_c,
                 None, None, None, None, None)
+
+
+# The same loops in C (csrc/rnn_loops.c, the same equations), one call each way; the torch-ops
+# loops in `LSTMVariantRecurrence` are the reference, and run where the C version cannot.
+
+def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, c_new_all, tanh_n_all, weight_hh, w_cif, w_co,
+                        layer_norm: Optional[LayerNormWeights], keep_h, keep_c, recurrent_mask) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The forward loop, in place (as the torch-ops loop); returns q^ (T, B, 4H) and 1/s_q (T, B, 1) with LN."""
+    T, B, four_h = z_all.shape
+    H = four_h // 4
+    (hold_h, rate_h), (hold_c, rate_c) = keep_h, keep_c
+    hold_h, hold_c = (None if x is None else x.contiguous() for x in (hold_h, hold_c))  # (T, B, H or 1) bool
+    qhat = rsig_q = q = None
+    gain_hh = gain_c = shift_c = None
+    eps = 0.0
+    if layer_norm is not None:
+        gain_hh, gain_c, shift_c, eps = layer_norm
+        qhat, rsig_q, q = z_all.new_empty(T, B, four_h), z_all.new_empty(T, B, 1), z_all.new_empty(B, four_h)
+    params = torch.tensor([rate_h or 0.0, rate_c or 0.0, eps], dtype=z_all.dtype)
+    w, transposed = weight_layout(weight_hh)
+    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+    buffer = None if recurrent_mask is None else z_all.new_empty(B, H)
+    weights = (None if x is None else x.contiguous() for x in (w_cif, w_co, gain_hh, gain_c, shift_c))
+    kernels.lstm_variant_forward(
+        T, B, H, *map(address, (z_all, h_all, c_all, c_new_all, tanh_n_all, qhat, rsig_q, q, *weights)),
+        address(hold_h), 0 if hold_h is None else hold_h.shape[-1], address(hold_c), 0 if hold_c is None else hold_c.shape[-1],
+        *map(address, (params, recurrent_mask, buffer, w)), transposed, kernels.gemm)
+    return qhat, rsig_q
+
+
+def _backward_steps_in_c(kernels: LoopKernels, dz_all, dq_all, dh_outs, dc_state, factors, gain_hh, shares, w_hh, recurrent_mask) -> None:
+    """The reverse loop, in place (as the torch-ops loop): dz_all, dq_all, dh_outs; dc_state from dL/dc_T to dL/dc_0."""
+    T, B, four_h = dz_all.shape
+    H = four_h // 4
+    factors = [None if x is None else x.contiguous() for x in factors]
+    shares = [None if x is None else x.expand(T, B, H).contiguous() for x in shares]  # (T, B, H) each, or None
+    w, transposed = weight_layout(w_hh)
+    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
+    buffer = None if recurrent_mask is None else dz_all.new_empty(B, H)
+    scratch = dz_all.new_empty(B, 3 * H)
+    kernels.lstm_variant_backward(
+        T, B, H, *map(address, (dz_all, dq_all, dh_outs, dc_state, scratch, *factors, gain_hh, *shares, recurrent_mask, buffer, w)),
+        transposed, kernels.gemm)
 
 
 def lstm_variant_recurrence(

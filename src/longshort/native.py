@@ -54,12 +54,15 @@ class LoopKernels:
     gru_backward: Callable[..., None]  # rzq_all, dq_all, dh_all, recurrent_mask, buffer, w
     simple_rnn_forward: Callable[..., None]  # h_all, masks, relu (a flag), recurrent_mask, buffer, w
     simple_rnn_backward: Callable[..., None]  # da_all, dh_all, masks, recurrent_mask, buffer, w
+    lstm_variant_forward: Callable[..., None]  # see fused_lstm_variants._forward_steps_in_c
+    lstm_variant_backward: Callable[..., None]  # see fused_lstm_variants._backward_steps_in_c
     gemm: int  # the address of torch's BLAS gemm for this dtype
 
 
 SIGNATURES = {  # after T, B, H: p a pointer, i an int64; every loop ends with w_transposed (i) and gemm (p)
     "lstm_forward": "pppppppp", "lstm_backward": "pppppppppp", "gru_forward": "pppppp",
     "gru_backward": "pppppp", "simple_rnn_forward": "ppippp", "simple_rnn_backward": "pppppp",
+    "lstm_variant_forward": "p" * 13 + "pipi" + "pppp", "lstm_variant_backward": "p" * 21,
 }
 GEMMS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran BLAS names, as MKL exports them from libtorch_cpu
 

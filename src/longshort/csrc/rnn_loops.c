@@ -315,6 +315,148 @@ double tanh(double) __attribute__((simd("notinbranch")));
         }                                                                                              \
     }
 
+/* The LSTM variants (fused_lstm_variants.py): peephole connections, layer norm (LN) and zoneout,
+ * in any combination, with the equations of its docstring. Forward: z_all (T, B, 4H) holds p_t and
+ * becomes the activated gates; h_all, c_all (T + 1, B, H) the carried states; c_new_all (T, B, H)
+ * c before zoneout (without zoneout of c, c_all + B H itself, which the carry then writes over);
+ * tanh_n_all (T, B, H); with LN, qhat_all (T, B, 4H) and rsig_q_all (T, B) are kept, q (B, 4H) is
+ * a buffer. w_cif (2, H), w_co (H) or NULL; gain_hh (4H), gain_c, shift_c (H) or NULL; hold_h,
+ * hold_c (T, B, width) bytes, 1 where the state keeps its previous value (zoneout mask or padding
+ * step), width H or 1, or NULL; params = {rate_h, rate_c, eps}, a rate of 0 being none. */
+#define VARIANT_LOOPS(scalar, suffix, EXP, TANH, SQRT)                                                  \
+    static scalar row_mean_##suffix(const scalar *restrict x, int64_t N) {                                      \
+        scalar sum = 0;                                                                                \
+        _Pragma("omp simd reduction(+ : sum)") for (int64_t k = 0; k < N; k++) sum += x[k];            \
+        return sum / N;                                                                                \
+    }                                                                                                  \
+    /* 1 / sqrt(biased variance + eps), as layer_norm's rsig */                                       \
+    static scalar row_rsig_##suffix(const scalar *restrict x, int64_t N, scalar mean, scalar eps) {            \
+        scalar sum = 0;                                                                                \
+        _Pragma("omp simd reduction(+ : sum)") for (int64_t k = 0; k < N; k++) sum += (x[k] - mean) * (x[k] - mean); \
+        return 1 / SQRT(sum / N + eps);                                                                \
+    }                                                                                                  \
+    /* the carried state: prev where held, else new (zoned out against prev at a rate) */             \
+    static void carry_##suffix(int64_t H, const scalar *new_, const scalar *restrict prev, scalar *out, \
+                               const uint8_t *restrict hold, int64_t width, scalar rate) {                      \
+        for (int64_t j = 0; j < H; j++) {                                                              \
+            scalar x = new_[j], p = prev[j];                                                           \
+            if (rate != 0) x = rate < (scalar)0.5 ? x + rate * (p - x) : p - (p - x) * (1 - rate);     \
+            out[j] = hold && hold[width == 1 ? 0 : j] ? p : x;                                         \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    void lstm_variant_forward_loop_##suffix(                                                           \
+        int64_t T, int64_t B, int64_t H, scalar *z_all, scalar *h_all, scalar *c_all,                 \
+        scalar *c_new_all, scalar *tanh_n_all, scalar *qhat_all, scalar *rsig_q_all, scalar *q,       \
+        const scalar *w_cif, const scalar *w_co, const scalar *gain_hh, const scalar *gain_c,         \
+        const scalar *shift_c, const uint8_t *hold_h, int64_t hold_h_width, const uint8_t *hold_c,    \
+        int64_t hold_c_width, const scalar *params, const scalar *recurrent_mask, scalar *buffer,     \
+        const scalar *w, int64_t w_transposed, void *gemm) {                                           \
+        const scalar rate_h = params[0], rate_c = params[1], eps = params[2];                          \
+        for (int64_t t = 0; t < T; t++) {                                                              \
+            scalar *z = z_all + t * B * 4 * H, *h_prev = h_all + t * B * H, *c_prev = c_all + t * B * H; \
+            scalar *c_new = c_new_all + t * B * H, *tanh_n = tanh_n_all + t * B * H;                   \
+            if (gain_hh) { /* z += gain_hh q^, q^ = LN(q), q = (r h_prev) W_hh^T */                    \
+                for (int64_t k = 0; k < B * 4 * H; k++) q[k] = 0;                                      \
+                add_recurrent_share_##suffix((gemm_##suffix)gemm, B, H, 4 * H, h_prev, w, w_transposed, \
+                                             recurrent_mask, buffer, q);                               \
+                for (int64_t b = 0; b < B; b++) {                                                      \
+                    const scalar *restrict q_b = q + b * 4 * H;                                        \
+                    scalar *restrict qhat = qhat_all + (t * B + b) * 4 * H, *restrict z_b = z + b * 4 * H; \
+                    scalar mean = row_mean_##suffix(q_b, 4 * H), rsig = row_rsig_##suffix(q_b, 4 * H, mean, eps); \
+                    for (int64_t k = 0; k < 4 * H; k++) {                                              \
+                        qhat[k] = (q_b[k] - mean) * rsig;                                              \
+                        z_b[k] += gain_hh[k] * qhat[k];                                                \
+                    }                                                                                  \
+                    rsig_q_all[t * B + b] = rsig;                                                      \
+                }                                                                                      \
+            } else {                                                                                   \
+                add_recurrent_share_##suffix((gemm_##suffix)gemm, B, H, 4 * H, h_prev, w, w_transposed, \
+                                             recurrent_mask, buffer, z);                               \
+            }                                                                                          \
+            for (int64_t b = 0; b < B; b++) {                                                          \
+                scalar *restrict i = z + b * 4 * H, *restrict f = i + H, *restrict g = i + 2 * H;      \
+                scalar *restrict o = i + 3 * H, *restrict tanh_n_b = tanh_n + b * H;                   \
+                const scalar *c_prev_b = c_prev + b * H, *h_prev_b = h_prev + b * H;                   \
+                scalar *c_new_b = c_new + b * H;                                                       \
+                if (w_cif)                                                                             \
+                    for (int64_t j = 0; j < H; j++) i[j] += w_cif[j] * c_prev_b[j], f[j] += w_cif[H + j] * c_prev_b[j]; \
+                for (int64_t j = 0; j < 2 * H; j++) i[j] = 1 / (1 + EXP(-i[j])); /* i and f */          \
+                for (int64_t j = 0; j < H; j++) g[j] = TANH(g[j]);                                     \
+                for (int64_t j = 0; j < H; j++) c_new_b[j] = f[j] * c_prev_b[j] + i[j] * g[j];          \
+                if (w_co)                                                                              \
+                    for (int64_t j = 0; j < H; j++) o[j] += w_co[j] * c_new_b[j];                      \
+                for (int64_t j = 0; j < H; j++) o[j] = 1 / (1 + EXP(-o[j]));                           \
+                if (gain_c) { /* n = gain_c c^ + shift_c, c^ = LN(c_new) */                            \
+                    scalar mean = row_mean_##suffix(c_new_b, H), rsig = row_rsig_##suffix(c_new_b, H, mean, eps); \
+                    for (int64_t j = 0; j < H; j++) tanh_n_b[j] = gain_c[j] * (c_new_b[j] - mean) * rsig + shift_c[j]; \
+                } else {                                                                               \
+                    for (int64_t j = 0; j < H; j++) tanh_n_b[j] = c_new_b[j];                          \
+                }                                                                                      \
+                for (int64_t j = 0; j < H; j++) tanh_n_b[j] = TANH(tanh_n_b[j]);                       \
+                scalar *h_b = h_prev + (B + b) * H, *c_b = c_prev + (B + b) * H;                       \
+                for (int64_t j = 0; j < H; j++) h_b[j] = o[j] * tanh_n_b[j]; /* h_new, then carried */  \
+                carry_##suffix(H, h_b, h_prev_b, h_b, hold_h ? hold_h + (t * B + b) * hold_h_width : NULL, \
+                               hold_h_width, rate_h);                                                  \
+                carry_##suffix(H, c_new_b, c_prev_b, c_b, hold_c ? hold_c + (t * B + b) * hold_c_width : NULL, \
+                               hold_c_width, rate_c);                                                  \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    /* Backward: dz_all (T, B, 4H) becomes dz; dq_all (T, B, 4H) dq with LN (else dz_all itself);    \
+     * dh_outs (T + 1, B, H) as the LSTM's; dc (B, H) holds dL/dc_T and ends as dL/dc_0; scratch   \
+     * (B, 3H). The factors that do not depend on dh, dc come computed for all steps (T, B, H):    \
+     * dz_o_per_dh, dc_per_dh, dz_ifg_per_dc (T, B, 3, H), dc_prev_per_dc; with LN c_sums_per_dh    \
+     * (T, B, 2, H) ([d; d c^] / dh), chat (T, B, H), qhat_all, rsig_q_all; u_h, v_h, u_c, v_c    \
+     * (T, B, H), the shares of the new and previous value in each carried state, or NULL (u = 1). */ \
+    void lstm_variant_backward_loop_##suffix(                                                          \
+        int64_t T, int64_t B, int64_t H, scalar *dz_all, scalar *dq_all, scalar *dh_outs, scalar *dc, \
+        scalar *scratch, const scalar *dz_o_per_dh, const scalar *dc_per_dh,                          \
+        const scalar *dz_ifg_per_dc, const scalar *dc_prev_per_dc, const scalar *c_sums_per_dh,       \
+        const scalar *chat, const scalar *qhat_all, const scalar *rsig_q_all, const scalar *gain_hh,  \
+        const scalar *u_h, const scalar *v_h, const scalar *u_c, const scalar *v_c,                   \
+        const scalar *recurrent_mask, scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm) { \
+        for (int64_t t = T - 1; t >= 0; t--) {                                                         \
+            scalar *dz = dz_all + t * B * 4 * H, *dq = dq_all + t * B * 4 * H;                         \
+            scalar *dh_out = dh_outs + (t + 1) * B * H, *dh_prev = dh_outs + t * B * H;                \
+            for (int64_t b = 0; b < B; b++) {                                                          \
+                const int64_t at = (t * B + b) * H; /* row b of step t in a (T, B, H) factor */        \
+                scalar *restrict dh = scratch + b * 3 * H, *restrict dc_b = dh + H, *restrict dc_next = dh + 2 * H; \
+                scalar *restrict dz_b = dz + b * 4 * H, *restrict dc_state = dc + b * H;               \
+                for (int64_t j = 0; j < H; j++) {                                                      \
+                    dh[j] = u_h ? dh_out[b * H + j] * u_h[at + j] : dh_out[b * H + j];                 \
+                    dz_b[3 * H + j] = dh[j] * dz_o_per_dh[at + j];                                     \
+                    dc_b[j] = (u_c ? dc_state[j] * u_c[at + j] : dc_state[j]) + dh[j] * dc_per_dh[at + j]; \
+                }                                                                                      \
+                if (c_sums_per_dh) { /* LN_c's mean terms: dc -= [mean d, mean d c^] [1; c^] */       \
+                    const scalar *restrict d = c_sums_per_dh + (t * B + b) * 2 * H, *restrict d_chat = d + H; \
+                    scalar s0 = 0, s1 = 0;                                                             \
+                    _Pragma("omp simd reduction(+ : s0, s1)") for (int64_t j = 0; j < H; j++) s0 += dh[j] * d[j], s1 += dh[j] * d_chat[j]; \
+                    for (int64_t j = 0; j < H; j++) dc_b[j] -= (s0 + s1 * chat[at + j]) / H;           \
+                }                                                                                      \
+                const scalar *restrict per_dc = dz_ifg_per_dc + (t * B + b) * 3 * H;                   \
+                for (int64_t gate = 0; gate < 3; gate++) /* i, f, g */                                 \
+                    for (int64_t j = 0; j < H; j++) dz_b[gate * H + j] = per_dc[gate * H + j] * dc_b[j];   \
+                if (gain_hh) { /* dq = (dq^ - q^ mean(dq^ q^)) / s_q, dq^ = dz gain_hh */               \
+                    const scalar *restrict qhat = qhat_all + (t * B + b) * 4 * H;                      \
+                    scalar *restrict dq_b = dq + b * 4 * H, sum = 0, rsig = rsig_q_all[t * B + b];     \
+                    _Pragma("omp simd reduction(+ : sum)") for (int64_t k = 0; k < 4 * H; k++) dq_b[k] = dz_b[k] * gain_hh[k], sum += dq_b[k] * qhat[k]; \
+                    for (int64_t k = 0; k < 4 * H; k++) dq_b[k] = (dq_b[k] - sum / (4 * H) * qhat[k]) * rsig; \
+                }                                                                                      \
+                for (int64_t j = 0; j < H; j++)                                                        \
+                    dc_next[j] = dc_b[j] * dc_prev_per_dc[at + j] + (u_c ? dc_state[j] * v_c[at + j] : 0); \
+            }                                                                                          \
+            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, H, 4 * H, dq, w, w_transposed,     \
+                                            recurrent_mask, buffer, dh_prev);                          \
+            for (int64_t b = 0; b < B; b++)                                                            \
+                for (int64_t j = 0; j < H; j++) {                                                      \
+                    if (u_h) dh_prev[b * H + j] += dh_out[b * H + j] * v_h[(t * B + b) * H + j];       \
+                    dc[b * H + j] = scratch[b * 3 * H + 2 * H + j];                                    \
+                }                                                                                      \
+        }                                                                                              \
+    }
+
 LSTM_STEPS(float, f32, expf, tanhf)
 LSTM_STEPS(double, f64, exp, tanh)
 MATMULS(float, f32)
@@ -325,3 +467,5 @@ GRU_LOOPS(float, f32, expf, tanhf)
 GRU_LOOPS(double, f64, exp, tanh)
 SIMPLE_RNN_LOOPS(float, f32, tanhf)
 SIMPLE_RNN_LOOPS(double, f64, tanh)
+VARIANT_LOOPS(float, f32, expf, tanhf, sqrtf)
+VARIANT_LOOPS(double, f64, exp, tanh, sqrt)
