@@ -73,18 +73,28 @@ def test_c_and_torch_ops_agree(monkeypatch, dtype, masked, recurrent_dropout, ba
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("masked", [False, True])
-def test_gradcheck_at_a_batch_of_one_and_two(batch, masked):
-    """The C backward where its matmul is the file's own matrix-vector product (1) or gemm on the
-    transposed weight (2); test_fused_kernels.py gradchecks it at a batch of 3."""
+@pytest.mark.parametrize("kernel", ["lstm", "gru", "rnn_relu"])
+def test_gradcheck_at_a_batch_of_one_and_two(batch, masked, kernel):
+    """The C backward where its matmul is the file's own matrix-vector product (1) or gemm (2);
+    test_fused_kernels.py gradchecks the kernels at a batch of 3, with recurrent dropout too."""
+    from longshort.fused_gru import gru_recurrence
     from longshort.fused_lstm import lstm_recurrence
+    from longshort.fused_simple_rnn import simple_rnn_recurrence
 
     generator = torch.Generator().manual_seed(0)
     H, T = 5, 4
-    p, h0, c0 = (torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_() for shape in ((batch, T, 4 * H), (batch, H), (batch, H)))
-    weight_hh = (torch.randn(4 * H, H, generator=generator, dtype=torch.float64) * 0.5).requires_grad_()
+    gates = {"lstm": 4, "gru": 3, "rnn_relu": 1}[kernel]
+    p, h0, c0 = (torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_()
+                 for shape in ((batch, T, gates * H), (batch, H), (batch, H)))
+    weight_hh = (torch.randn(gates * H, H, generator=generator, dtype=torch.float64) * 0.5).requires_grad_()
     step_mask = torch.tensor([[True, True, False, True], [True, False, True, True]][:batch]) if masked else None
     assert native.loop_kernels(torch.float64) is not None
-    assert torch.autograd.gradcheck(lambda *a: lstm_recurrence(a[0], (a[1], a[2]), a[3], step_mask), (p, h0, c0, weight_hh))
+    if kernel == "lstm":
+        assert torch.autograd.gradcheck(lambda *a: lstm_recurrence(a[0], (a[1], a[2]), a[3], step_mask), (p, h0, c0, weight_hh))
+    elif kernel == "gru":
+        assert torch.autograd.gradcheck(lambda *a: gru_recurrence(a[0], a[1], a[2], None, step_mask), (p, h0, weight_hh))
+    else:
+        assert torch.autograd.gradcheck(lambda *a: simple_rnn_recurrence(a[0], a[1], a[2], "relu", step_mask), (p, h0, weight_hh))
 
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
