@@ -1,7 +1,7 @@
-"""The fused LSTM's, GRU's and SimpleRNN's loops over time in C (`csrc/rnn_loops.c`), compiled on first use.
+"""The fused kernels' loops over time in C (`csrc/rnn_loops.c`), compiled on first use.
 
-The fused kernels (`longshort.fused_lstm`, `fused_gru`, `fused_simple_rnn`) run a step as one
-matmul plus its gate math. With torch ops that is a matmul and a few small ops (the LSTM's: seven
+The fused kernels (`longshort.fused_lstm`, `fused_gru`, `fused_simple_rnn`,
+`fused_lstm_variants`) run a step as one matmul plus its gate math. With torch ops that is a matmul and a few small ops (the LSTM's: seven
 forward, four backward), each dispatched from Python: at small batches the dispatch, not the
 arithmetic, is most of a step. Where this module can build the C version, the kernels call it
 (through ctypes) once for the whole forward loop and once for the backward: each step there is
@@ -16,7 +16,8 @@ source, the flags, the compiler and this CPU's feature flags (it is built with
 
 Where it cannot be built (no compiler, not glibc >= 2.35 on x86-64, whose vector exp and tanh
 it needs to beat torch's ops) or torch's library exports no gemm, the kernels keep to torch ops:
-the same results, slower at small batches. `status()` says which runs and why; `LONGSHORT_NATIVE=0` turns it off.
+the same results, slower at small batches. `status()` says which runs and why;
+`LONGSHORT_NATIVE=0` turns it off.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def weight_layout(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def status() -> str:
-    """Which loops the fused LSTM, GRU and SimpleRNN run (in float32 and float64): C or torch ops, and why."""
+    """Which loops the fused kernels run (in float32 and float64): C or torch ops, and why."""
     if not enabled():
         return "torch ops: LONGSHORT_NATIVE=0"
     if _library_or_none() is None:

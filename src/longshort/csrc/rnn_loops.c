@@ -1,15 +1,18 @@
-/* The fused LSTM's, GRU's and SimpleRNN's loops over time, forward and backward, in C.
+/* The fused kernels' loops over time, forward and backward, in C: LSTM, GRU, SimpleRNN and the
+ * LSTM variants (peephole, layer norm, zoneout).
  *
- * `longshort.fused_lstm`, `fused_gru` and `fused_simple_rnn` hold the same loops with torch ops,
- * which run where this file cannot be compiled; the derivations of the backwards, in the
- * symbols used below, open those files, and the tests check that the two versions agree. Done
+ * `longshort.fused_lstm`, `fused_gru`, `fused_simple_rnn` and `fused_lstm_variants` hold the same
+ * loops with torch ops, which run where this file cannot be compiled; the derivations of the
+ * backwards, in the symbols used below, open those files, and the tests check that the two
+ * versions agree. Done
  * with torch ops, a step is a recurrent matmul and a few small ops (the LSTM's: seven forward,
  * four backward), each dispatched from Python; at small batches that costs more than the
  * arithmetic. Here a whole loop is one call: each step is one call of the BLAS gemm that torch
  * itself uses (the caller passes its address: MKL's sgemm_ / dgemm_, Fortran convention), or at
  * a batch of one a matrix-vector product of this file's own, and one pass over the batch.
  *
- * The LSTM first (the GRU's and SimpleRNN's equations are with their loops, at the end).
+ * The LSTM first (the others' equations are with their loops, further down).
+ *
  * Layouts, all row-major and contiguous: z, dz (B, 4H) in gate order i, f, g, o; every state
  * and state gradient (B, H); step_mask (B) bytes, 1 at a real step, or NULL (all real). The
  * loops take them for all steps: z_all, dz_all (T, B, 4H), h_all, c_all (T + 1, B, H) (row t + 1
@@ -28,7 +31,8 @@
  * then dh_prev += r (dz W_hh), r the recurrent dropout mask (1 without). At a masked step
  * dz = 0, and dh (added onto dh_prev) and dc pass to the previous step unchanged.
  *
- * Built by `longshort.native` with -O3 -march=native -fno-math-errno. glibc's libmvec holds
+ * Built by `longshort.native` with -O3 -march=native -fno-math-errno -fopenmp-simd (the last for
+ * the `omp simd reduction` pragmas, which let a sum be vectorised). glibc's libmvec holds
  * vector versions of exp and tanh; declared below, the compiler calls them 8 or 16 lanes at a
  * time. (-ffast-math would declare them too, but would also let the compiler assume no NaN or
  * infinity, and longshort's guards need a NaN to come out as a NaN.)
