@@ -33,9 +33,9 @@ class DemoConfig:
 
     series_epochs: int = 300  # at most: early stopping ends the sunspot forecaster sooner (SeriesConfig's default)
     forecast_steps: int = 22  # years forecast after 2008: two solar cycles
-    text: bool = True  # also train a character model on the King James text (about two minutes)
+    text: bool = True  # also train a character model on the King James text (35 s on an idle 2-core machine)
     text_units: int = 256  # its LSTM size (TextConfig's default)
-    text_epochs: int = 4  # its epochs: a third of TextConfig's 12 (which take about six minutes), to keep the demo short
+    text_epochs: int = 4  # its epochs: a third of TextConfig's 12, to keep the demo short
     prompt: str = "And God said"  # what generation starts from
     generate_length: int = 300  # characters to generate
     seed: int = 0
