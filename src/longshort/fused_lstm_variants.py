@@ -316,6 +316,11 @@ class LSTMVariantRecurrence(torch.autograd.Function):
 # The same loops in C (csrc/rnn_loops.c, the same equations), one call each way; the torch-ops
 # loops in `LSTMVariantRecurrence` are the reference, and run where the C version cannot.
 
+def _width(x: Optional[Tensor]) -> int:
+    """The last dimension of a (T, B, H or 1) share or hold mask for the C loops (0 for none)."""
+    return 0 if x is None else x.shape[-1]
+
+
 def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, c_new_all, tanh_n_all, weight_hh, w_cif, w_co,
                         layer_norm: Optional[LayerNormWeights], keep_h, keep_c, recurrent_mask) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """The forward loop, in place (as the torch-ops loop); returns q^ (T, B, 4H) and 1/s_q (T, B, 1) with LN."""
@@ -336,7 +341,7 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, c_new_all, ta
     weights = (None if x is None else x.contiguous() for x in (w_cif, w_co, gain_hh, gain_c, shift_c))
     kernels.lstm_variant_forward(
         T, B, H, *map(address, (z_all, h_all, c_all, c_new_all, tanh_n_all, qhat, rsig_q, q, *weights)),
-        address(hold_h), 0 if hold_h is None else hold_h.shape[-1], address(hold_c), 0 if hold_c is None else hold_c.shape[-1],
+        address(hold_h), _width(hold_h), address(hold_c), _width(hold_c),
         *map(address, (params, recurrent_mask, buffer, w)), transposed, kernels.gemm)
     return qhat, rsig_q
 
@@ -346,14 +351,14 @@ def _backward_steps_in_c(kernels: LoopKernels, dz_all, dq_all, dh_outs, dc_state
     T, B, four_h = dz_all.shape
     H = four_h // 4
     factors = [None if x is None else x.contiguous() for x in factors]
-    shares = [None if x is None else x.expand(T, B, H).contiguous() for x in shares]  # (T, B, H) each, or None
+    u_h, v_h, u_c, v_c = (None if x is None else x.expand(T, B, x.shape[-1]).contiguous() for x in shares)  # (T, B, H or 1)
     w, transposed = weight_layout(w_hh)
     recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
     buffer = None if recurrent_mask is None else dz_all.new_empty(B, H)
     scratch = dz_all.new_empty(B, 3 * H)
     kernels.lstm_variant_backward(
-        T, B, H, *map(address, (dz_all, dq_all, dh_outs, dc_state, scratch, *factors, gain_hh, *shares, recurrent_mask, buffer, w)),
-        transposed, kernels.gemm)
+        T, B, H, *map(address, (dz_all, dq_all, dh_outs, dc_state, scratch, *factors, gain_hh, u_h, v_h)), _width(u_h),
+        *map(address, (u_c, v_c)), _width(u_c), *map(address, (recurrent_mask, buffer, w)), transposed, kernels.gemm)
 
 
 def lstm_variant_recurrence(

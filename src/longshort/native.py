@@ -63,7 +63,7 @@ class LoopKernels:
 SIGNATURES = {  # after T, B, H: p a pointer, i an int64; every loop ends with w_transposed (i) and gemm (p)
     "lstm_forward": "pppppppp", "lstm_backward": "pppppppppp", "gru_forward": "pppppp",
     "gru_backward": "pppppp", "simple_rnn_forward": "ppippp", "simple_rnn_backward": "pppppp",
-    "lstm_variant_forward": "p" * 13 + "pipi" + "pppp", "lstm_variant_backward": "p" * 21,
+    "lstm_variant_forward": "p" * 13 + "pipi" + "pppp", "lstm_variant_backward": "p" * 14 + "ppi" + "ppi" + "ppp",
 }
 GEMMS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran BLAS names, as MKL exports them from libtorch_cpu
 

@@ -412,15 +412,18 @@ double tanh(double) __attribute__((simd("notinbranch")));
      * dh_outs (T + 1, B, H) as the LSTM's; dc (B, H) holds dL/dc_T and ends as dL/dc_0; scratch   \
      * (B, 3H). The factors that do not depend on dh, dc come computed for all steps (T, B, H):    \
      * dz_o_per_dh, dc_per_dh, dz_ifg_per_dc (T, B, 3, H), dc_prev_per_dc; with LN c_sums_per_dh    \
-     * (T, B, 2, H) ([d; d c^] / dh), chat (T, B, H), qhat_all, rsig_q_all; u_h, v_h, u_c, v_c    \
-     * (T, B, H), the shares of the new and previous value in each carried state, or NULL (u = 1). */ \
+     * (T, B, 2, H) ([d; d c^] / dh), chat (T, B, H), qhat_all, rsig_q_all; u_h, v_h (T, B, h_width) \
+     * and u_c, v_c (T, B, c_width), width H or 1, the shares of the new and previous value in each  \
+     * carried state, or NULL (u = 1). */                                                            \
     void lstm_variant_backward_loop_##suffix(                                                          \
         int64_t T, int64_t B, int64_t H, scalar *dz_all, scalar *dq_all, scalar *dh_outs, scalar *dc, \
         scalar *scratch, const scalar *dz_o_per_dh, const scalar *dc_per_dh,                          \
         const scalar *dz_ifg_per_dc, const scalar *dc_prev_per_dc, const scalar *c_sums_per_dh,       \
         const scalar *chat, const scalar *qhat_all, const scalar *rsig_q_all, const scalar *gain_hh,  \
-        const scalar *u_h, const scalar *v_h, const scalar *u_c, const scalar *v_c,                   \
+        const scalar *u_h, const scalar *v_h, int64_t h_width, const scalar *u_c, const scalar *v_c,  \
+        int64_t c_width,                                                                               \
         const scalar *recurrent_mask, scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm) { \
+        const int64_t h_step = h_width == 1 ? 0 : 1, c_step = c_width == 1 ? 0 : 1; /* along j */      \
         for (int64_t t = T - 1; t >= 0; t--) {                                                         \
             scalar *dz = dz_all + t * B * 4 * H, *dq = dq_all + t * B * 4 * H;                         \
             scalar *dh_out = dh_outs + (t + 1) * B * H, *dh_prev = dh_outs + t * B * H;                \
@@ -428,10 +431,13 @@ double tanh(double) __attribute__((simd("notinbranch")));
                 const int64_t at = (t * B + b) * H; /* row b of step t in a (T, B, H) factor */        \
                 scalar *restrict dh = scratch + b * 3 * H, *restrict dc_b = dh + H, *restrict dc_next = dh + 2 * H; \
                 scalar *restrict dz_b = dz + b * 4 * H, *restrict dc_state = dc + b * H;               \
+                const scalar *u_hb = u_h ? u_h + (t * B + b) * h_width : NULL;                         \
+                const scalar *u_cb = u_c ? u_c + (t * B + b) * c_width : NULL;                         \
+                const scalar *v_cb = v_c ? v_c + (t * B + b) * c_width : NULL;                         \
                 for (int64_t j = 0; j < H; j++) {                                                      \
-                    dh[j] = u_h ? dh_out[b * H + j] * u_h[at + j] : dh_out[b * H + j];                 \
+                    dh[j] = u_hb ? dh_out[b * H + j] * u_hb[j * h_step] : dh_out[b * H + j];           \
                     dz_b[3 * H + j] = dh[j] * dz_o_per_dh[at + j];                                     \
-                    dc_b[j] = (u_c ? dc_state[j] * u_c[at + j] : dc_state[j]) + dh[j] * dc_per_dh[at + j]; \
+                    dc_b[j] = (u_cb ? dc_state[j] * u_cb[j * c_step] : dc_state[j]) + dh[j] * dc_per_dh[at + j]; \
                 }                                                                                      \
                 if (c_sums_per_dh) { /* LN_c's mean terms: dc -= [mean d, mean d c^] [1; c^] */       \
                     const scalar *restrict d = c_sums_per_dh + (t * B + b) * 2 * H, *restrict d_chat = d + H; \
@@ -449,15 +455,17 @@ double tanh(double) __attribute__((simd("notinbranch")));
                     for (int64_t k = 0; k < 4 * H; k++) dq_b[k] = (dq_b[k] - sum / (4 * H) * qhat[k]) * rsig; \
                 }                                                                                      \
                 for (int64_t j = 0; j < H; j++)                                                        \
-                    dc_next[j] = dc_b[j] * dc_prev_per_dc[at + j] + (u_c ? dc_state[j] * v_c[at + j] : 0); \
+                    dc_next[j] = dc_b[j] * dc_prev_per_dc[at + j] + (v_cb ? dc_state[j] * v_cb[j * c_step] : 0); \
             }                                                                                          \
             add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, H, 4 * H, dq, w, w_transposed,     \
                                             recurrent_mask, buffer, dh_prev);                          \
-            for (int64_t b = 0; b < B; b++)                                                            \
+            for (int64_t b = 0; b < B; b++) {                                                          \
+                const scalar *v_hb = v_h ? v_h + (t * B + b) * h_width : NULL;                         \
                 for (int64_t j = 0; j < H; j++) {                                                      \
-                    if (u_h) dh_prev[b * H + j] += dh_out[b * H + j] * v_h[(t * B + b) * H + j];       \
+                    if (v_hb) dh_prev[b * H + j] += dh_out[b * H + j] * v_hb[j * h_step];              \
                     dc[b * H + j] = scratch[b * 3 * H + 2 * H + j];                                    \
                 }                                                                                      \
+            }                                                                                          \
         }                                                                                              \
     }
 
