@@ -108,6 +108,19 @@ def test_compiled_equals_the_loop(kind, masked, return_sequences, compiled_layer
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_batch_of_one_or_two_equals_the_loop(batch):
+    """At B <= 2 the compiled step takes its matrices with the transpose contiguous (`_step_layout`)."""
+    torch.manual_seed(3)
+    x = torch.randn(batch, 4, 3, dtype=torch.float64)
+    options = dict(return_sequences=True, return_state=True)
+    reference = ls.RNN(CELLS[next(iter(CELLS))](), implementation="loop", **options).double()
+    layer = ls.RNN(copy.deepcopy(reference.cell), implementation="compiled", **options)
+    initial = ls.rnn.map_state(torch.randn_like, reference.cell.initial_state(batch, x))
+    for ours, theirs in zip(outputs_and_grads(layer, x, initial), outputs_and_grads(reference, x, initial)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
 def test_go_backwards_and_stateful_work_on_the_compiled_path():
     torch.manual_seed(1)
     x = torch.randn(2, 6, 3)

@@ -38,6 +38,10 @@ values; TorchInductor compiles each: the step's matmul stays a BLAS call and its
 math becomes one generated C++ kernel. Where Inductor cannot compile (no C++ compiler, say)
 the two graphs run as traced, op by op, with a warning: still without autograd's bookkeeping.
 
+At a batch of one or two a step's matmuls are matrix-vector products, which torch reads faster
+from a matrix whose transpose is contiguous: the loop hands the compiled step its parameters laid
+out so (`_step_layout`, the same values), and the step is compiled for that layout.
+
 Compiling takes seconds; it happens at the first call for each batch size, dtype and
 train/eval mode (kept per layer, and by Inductor on disk, so a later process compiles
 faster). `RNN.compile_seconds` totals it; each compile is logged on the `longshort` logger.
@@ -162,10 +166,11 @@ class CompiledLoop:
         named = self._named_tensors()
         names, tensors = [name for name, _ in named], [tensor for _, tensor in named]
         leaves = [leaf.contiguous() for leaf in flatten_state(state)]
-        compiled = self._compiled_step(tensors, inputs[0], _rebuild(state, leaves), split)
+        step_tensors = _step_layout(tensors, x.shape[0])
+        compiled = self._compiled_step(step_tensors, inputs[0], _rebuild(state, leaves), split)
         step_mask = None if mask is None else mask.transpose(0, 1).contiguous()  # (T, B)
         outputs, *final = _CompiledRecurrence.apply(
-            _Recurrence(self, compiled, names, step_mask, state, split), inputs, *leaves, *tensors
+            _Recurrence(self, compiled, names, step_mask, state, split, step_tensors), inputs, *leaves, *tensors
         )
         outputs = outputs.transpose(0, 1)  # (B, T, ...)
         return outputs, _last_output(outputs, mask), _rebuild(state, final)
@@ -497,6 +502,15 @@ class _Recurrence:
     step_mask: Optional[Tensor]  # (T, B) bool, True at real steps
     template: Any  # a state of the cell's structure
     split: Optional["_InputSplit"]  # the cell's step split at its input side, if it was
+    step_tensors: Sequence[Tensor]  # the parameters and buffers as the compiled step takes them (`_step_layout`)
+
+
+def _step_layout(tensors: Sequence[Tensor], batch: int) -> list[Tensor]:
+    """The parameters as the compiled step takes them: at a batch of one or two, each matrix with its
+    transpose contiguous (the same values), which torch's matrix-vector products read faster."""
+    if batch > 2:
+        return list(tensors)
+    return [t.detach().T.contiguous().T if t.dim() == 2 else t for t in tensors]
 
 
 def _batch_view(m: Tensor, like: Tensor) -> Tensor:
@@ -514,7 +528,7 @@ class _CompiledRecurrence(torch.autograd.Function):
         step_mask = run.step_mask
         ys, saved, previous = [], [], []
         for t in range(inputs.shape[0]):
-            out = run.step.forward([*tensors, inputs[t], *state])
+            out = run.step.forward([*run.step_tensors, inputs[t], *state])
             y, new_state = out[0], out[1 : n + 1]
             saved.append(out[n + 1 :])
             previous.append(state)
