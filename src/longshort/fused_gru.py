@@ -74,7 +74,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort.native import LoopKernels, address, loop_kernels, weight_layout
+from longshort.native import LoopKernels, address, loops_for, weight_layout
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -83,6 +83,7 @@ class GRURecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, h0, weight_hh, bias_hh, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         ctx.set_materialize_grads(False)
+        recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
         B, T, three_h = p.shape
         H = three_h // 3
         p_steps = p.transpose(0, 1)  # (T, B, 3H), a view: only read
@@ -105,7 +106,7 @@ class GRURecurrence(torch.autograd.Function):
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         h_all[0] = h0
         h_in = None if recurrent_mask is None else p.new_empty(B, H)
-        kernels = loop_kernels(p.dtype) if p.device.type == "cpu" else None
+        kernels = loops_for(p)
         steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
         steps(rzq, n, h_all, w_t, recurrent_mask, h_in)
         y = h_all[1:]  # (T, B, H)
@@ -140,7 +141,7 @@ class GRURecurrence(torch.autograd.Function):
         if dh_T is not None:
             dh_all[T] += dh_T
         dq_w = None if recurrent_mask is None else rzq.new_empty(B, H)
-        kernels = loop_kernels(rzq.dtype) if rzq.device.type == "cpu" else None
+        kernels = loops_for(rzq)
         steps = _backward_steps if kernels is None else partial(_backward_steps_in_c, kernels)
         steps(rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w)
         dq_all = dq_all.view(T, B, three_h)  # (T, B, 3H)
@@ -197,7 +198,6 @@ def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, w_t, recurrent_mask
     """As `_forward_steps`."""
     T, B, H = n.shape
     w, transposed = weight_layout(w_t.T)  # W_hh (3H, H), stored transposed
-    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
     kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm)
 
 
@@ -205,7 +205,6 @@ def _backward_steps_in_c(kernels: LoopKernels, rzq, dq_all, dh_all, weight_hh, r
     """As `_backward_steps`."""
     T, B, three_h = rzq.shape
     w, transposed = weight_layout(weight_hh)
-    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
     kernels.gru_backward(T, B, three_h // 3, *map(address, (rzq, dq_all, dh_all, recurrent_mask, dq_w, w)), transposed, kernels.gemm)
 
 

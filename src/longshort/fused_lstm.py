@@ -66,7 +66,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort.native import LoopKernels, address, loop_kernels, weight_layout
+from longshort.native import LoopKernels, address, loops_for, weight_layout
 
 
 class LSTMRecurrence(torch.autograd.Function):
@@ -76,13 +76,14 @@ class LSTMRecurrence(torch.autograd.Function):
     def forward(ctx, p, h0, c0, weight_hh, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         T, B, four_h = p.shape
         H = four_h // 4
+        recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
         z_all = p.clone(memory_format=torch.contiguous_format)  # (T, B, 4H), becomes the activated gates
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         c_all = p.new_empty(T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
         tanh_c_all = p.new_empty(T, B, H)  # tanh(c) of every step, kept for the backward
         masks = None if step_mask is None else step_mask.transpose(0, 1).contiguous()  # (T, B) bool
-        kernels = loop_kernels(p.dtype) if p.device.type == "cpu" else None
+        kernels = loops_for(p)
         with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
             steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
             steps(z_all, h_all, c_all, tanh_c_all, _in_step_layout(weight_hh, B), masks, recurrent_mask)
@@ -108,7 +109,7 @@ class LSTMRecurrence(torch.autograd.Function):
         if dh_T is not None:
             dh_outs[T] += dh_T
         dc = dy.new_zeros(B, H) if dc_T is None else dc_T.clone(memory_format=torch.contiguous_format)  # dL/dc_t, stepping back
-        kernels = loop_kernels(z_all.dtype) if z_all.device.type == "cpu" else None
+        kernels = loops_for(z_all)
         with torch.inference_mode():  # every tensor kept or returned was allocated outside: none is an inference tensor
             steps = _backward_steps if kernels is None else partial(_backward_steps_in_c, kernels)
             dc = steps(z_all, c_all, tanh_c_all, _in_step_layout(weight_hh, B), masks, recurrent_mask, dh_outs, dc, dz_all)
@@ -124,21 +125,6 @@ def _in_step_layout(weight_hh: Tensor, batch: int) -> Tensor:
     return weight_hh.T.contiguous().T if batch <= 2 else weight_hh
 
 
-# The recurrent matmul of a step and its gradient, shared by both versions of the steps.
-
-def _add_recurrent_share(z_t: Tensor, h_prev: Tensor, w_t: Tensor, recurrent_mask: Optional[Tensor], h_in: Tensor) -> None:
-    """z_t += (r h_prev) W_hh^T in place, r the recurrent dropout mask if any (h_in: a buffer for r h_prev)."""
-    z_t.addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
-
-
-def _add_recurrent_gradient(dh_prev: Tensor, dz_t: Tensor, weight_hh: Tensor, recurrent_mask: Optional[Tensor]) -> None:
-    """dh_prev += r (dz W_hh) in place: dh_prev holds dL/dy_{t-1} so far."""
-    if recurrent_mask is None:
-        dh_prev.addmm_(dz_t, weight_hh)
-    else:
-        dh_prev.addcmul_(dz_t @ weight_hh, recurrent_mask)
-
-
 # The steps with torch ops. The per-step views are made once: cheaper than indexing in the loop.
 
 def _forward_steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask) -> None:
@@ -152,7 +138,7 @@ def _forward_steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_
     ms = None if masks is None else masks.unsqueeze(-1).unbind(0)  # each (B, 1)
     for t in range(z_all.shape[0]):
         h_prev, c_prev, c, h = hs[t], cs[t], cs[t + 1], hs[t + 1]
-        _add_recurrent_share(zs[t], h_prev, w_t, recurrent_mask, h_in)
+        zs[t].addmm_(h_prev if recurrent_mask is None else torch.mul(h_prev, recurrent_mask, out=h_in), w_t)
         if_parts[t].sigmoid_()
         gs[t].tanh_()
         os[t].sigmoid_()
@@ -200,7 +186,10 @@ def _backward_steps(z_all, c_all, tanh_c, weight_hh, masks, recurrent_mask, dh_o
         dc = dc.addcmul_(dh, dc_per_dhs[t])
         torch.mul(dh, dz_o_per_dhs[t], out=dz_os[t])
         torch.mul(dz_ifg_per_dcs[t], dc.unsqueeze(1), out=dz_ifgs[t])
-        _add_recurrent_gradient(dh_prev, dzs[t], weight_hh, recurrent_mask)
+        if recurrent_mask is None:  # dh_prev is dL/dy_{t-1} so far: add the recurrent share in place
+            dh_prev.addmm_(dzs[t], weight_hh)
+        else:
+            dh_prev.addcmul_(dzs[t] @ weight_hh, recurrent_mask)
         torch.mul(dc, fs[t], out=dc_next)
         if ms is not None:
             dh_prev += torch.where(m, 0, dh_out)
@@ -216,7 +205,6 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, tanh_c_all, w
     """As `_forward_steps`."""
     T, B, four_h = z_all.shape
     w, w_transposed = weight_layout(weight_hh)
-    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
     buffer = None if recurrent_mask is None else h_all.new_empty(B, four_h // 4)
     kernels.lstm_forward(T, B, four_h // 4, *map(address, (z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w)),
                          w_transposed, kernels.gemm)
@@ -226,7 +214,6 @@ def _backward_steps_in_c(kernels: LoopKernels, z_all, c_all, tanh_c_all, weight_
     """As `_backward_steps`; dc is updated in place."""
     T, B, four_h = z_all.shape
     w, w_transposed = weight_layout(weight_hh)
-    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
     buffer = None if recurrent_mask is None else dc.new_empty(B, four_h // 4)
     kernels.lstm_backward(T, B, four_h // 4, *map(address, (z_all, c_all, tanh_c_all, dh_outs, dc, dz_all, masks, recurrent_mask, buffer, w)),
                           w_transposed, kernels.gemm)

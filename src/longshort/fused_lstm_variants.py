@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort.native import LoopKernels, address, loop_kernels, weight_layout
+from longshort.native import LoopKernels, address, loops_for, weight_layout
 
 
 class LayerNormWeights(NamedTuple):
@@ -140,6 +140,7 @@ class LSTMVariantRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, h0, c0, weight_hh, w_ci, w_cf, w_co, gain_hh, gain_c, shift_c, eps,
                 keep_h, keep_c, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
+        recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
         T, B, four_h = p.shape
         H = four_h // 4
         peephole, ln = w_ci is not None, gain_hh is not None
@@ -155,7 +156,7 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         c_new_all = p.new_empty(T, B, H) if zoned_c else c_all[1:]  # c before zoneout, for dw_co
         tanh_n_all = p.new_empty(T, B, H)
         w_cif = torch.stack([w_ci, w_cf]) if peephole else None  # (2, H)
-        kernels = loop_kernels(p.dtype) if p.device.type == "cpu" else None
+        kernels = loops_for(p)
         if kernels is not None:  # the same loop in C (longshort.native)
             qhat, rsig_q = _forward_steps_in_c(kernels, z_all, h_all, c_all, c_new_all, tanh_n_all, w_t.T, w_cif, w_co,
                                                LayerNormWeights(gain_hh, gain_c, shift_c, eps) if ln else None,
@@ -257,7 +258,7 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         dc_state, dc_next = dy.new_zeros(B, H), dy.new_empty(B, H)  # dL/dc_t, and dL/dc_{t-1} as it is computed
         if dc_T is not None:
             dc_state.copy_(dc_T)
-        kernels = loop_kernels(z_all.dtype) if z_all.device.type == "cpu" else None
+        kernels = loops_for(z_all)
         if kernels is not None:  # the same loop in C (longshort.native)
             factors = (dz_o_per_dh, dc_per_dh, dz_ifg_per_dc, dc_prev_per_dc) + ((c_sums_per_dh, chat, qhat, rsig_q) if ln else (None,) * 4)
             _backward_steps_in_c(kernels, dz_all, dq_all, dh_outs, dc_state, factors, gain_hh, (u_h, v_h, u_c, v_c), w_hh, recurrent_mask)
@@ -336,7 +337,6 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, c_new_all, ta
         qhat, rsig_q, q = z_all.new_empty(T, B, four_h), z_all.new_empty(T, B, 1), z_all.new_empty(B, four_h)
     params = torch.tensor([rate_h or 0.0, rate_c or 0.0, eps], dtype=z_all.dtype)
     w, transposed = weight_layout(weight_hh)
-    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
     buffer = None if recurrent_mask is None else z_all.new_empty(B, H)
     weights = (None if x is None else x.contiguous() for x in (w_cif, w_co, gain_hh, gain_c, shift_c))
     kernels.lstm_variant_forward(
@@ -353,7 +353,6 @@ def _backward_steps_in_c(kernels: LoopKernels, dz_all, dq_all, dh_outs, dc_state
     factors = [None if x is None else x.contiguous() for x in factors]
     u_h, v_h, u_c, v_c = (None if x is None else x.expand(T, B, x.shape[-1]).contiguous() for x in shares)  # (T, B, H or 1)
     w, transposed = weight_layout(w_hh)
-    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
     buffer = None if recurrent_mask is None else dz_all.new_empty(B, H)
     scratch = dz_all.new_empty(B, 3 * H)
     kernels.lstm_variant_backward(

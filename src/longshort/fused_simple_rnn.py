@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort.native import LoopKernels, address, loop_kernels, weight_layout
+from longshort.native import LoopKernels, address, loops_for, weight_layout
 
 _ACTIVATIONS = {"tanh": torch.tanh_, "relu": torch.relu_}
 
@@ -62,6 +62,7 @@ class SimpleRNNRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, h0, weight_hh, nonlinearity: str, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         ctx.set_materialize_grads(False)
+        recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
         if nonlinearity not in _ACTIVATIONS:
             raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
         B, T, H = p.shape
@@ -69,7 +70,7 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         h_all[0], h_all[1:] = h0, p.transpose(0, 1)
         h_in = None if recurrent_mask is None else p.new_empty(B, H)
         masks = None if step_mask is None else step_mask.T.unsqueeze(-1)  # (T, B, 1) bool
-        kernels = loop_kernels(p.dtype) if p.device.type == "cpu" else None
+        kernels = loops_for(p)
         if kernels is None:
             w_t = weight_hh.T.contiguous() if B > 1 else weight_hh.T  # (H, H); see Per-step overhead above
             _forward_steps(_ACTIVATIONS[nonlinearity], h_all, w_t, masks, recurrent_mask, h_in)
@@ -102,7 +103,7 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         if dh_T is not None:
             dh_all[T] += dh_T
         da_w = None if recurrent_mask is None else h_all.new_empty(B, H)
-        kernels = loop_kernels(h_all.dtype) if h_all.device.type == "cpu" else None
+        kernels = loops_for(h_all)
         if kernels is None:
             passes = None if masks is None else (~masks).to(h.dtype)  # (T, B, 1): 1 - m
             _backward_steps(da_all, dh_all, weight_hh, passes, recurrent_mask, da_w)
@@ -152,7 +153,6 @@ def _forward_steps_in_c(kernels: LoopKernels, relu: bool, h_all, weight_hh, mask
     T, B, H = h_all.shape[0] - 1, h_all.shape[1], h_all.shape[2]
     w, transposed = weight_layout(weight_hh.T.contiguous().T)  # stored transposed: the faster layout at B = 1
     masks = None if masks is None else masks.squeeze(-1).contiguous()  # (T, B) bytes
-    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
     kernels.simple_rnn_forward(T, B, H, address(h_all), address(masks), int(relu), *map(address, (recurrent_mask, h_in, w)),
                                transposed, kernels.gemm)
 
@@ -162,7 +162,6 @@ def _backward_steps_in_c(kernels: LoopKernels, da_all, dh_all, weight_hh, masks,
     T, B, H = da_all.shape
     w, transposed = weight_layout(weight_hh)
     masks = None if masks is None else masks.squeeze(-1).contiguous()  # (T, B) bytes
-    recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()
     kernels.simple_rnn_backward(T, B, H, *map(address, (da_all, dh_all, masks, recurrent_mask, da_w, w)), transposed, kernels.gemm)
 
 

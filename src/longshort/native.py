@@ -166,6 +166,11 @@ def loop_kernels(dtype: torch.dtype) -> Optional[LoopKernels]:
     return LoopKernels(**loops, gemm=gemm)
 
 
+def loops_for(x: torch.Tensor) -> Optional[LoopKernels]:
+    """The C loops for a kernel working on tensors like x: its dtype's, on CPU; None elsewhere."""
+    return loop_kernels(x.dtype) if x.device.type == "cpu" else None
+
+
 def address(x: Optional[torch.Tensor]) -> Optional[int]:
     """A tensor's address for the C loops (None stays None)."""
     return None if x is None else x.data_ptr()
