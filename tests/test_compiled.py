@@ -14,6 +14,7 @@ from torch import nn
 from torch.autograd import gradcheck
 
 import longshort as ls
+from longshort import compiled as compiled_path
 
 
 class ProjectedLSTMCell(nn.Module):
@@ -108,17 +109,34 @@ def test_compiled_equals_the_loop(kind, masked, return_sequences, compiled_layer
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_a_batch_of_one_or_two_equals_the_loop(batch):
-    """At B <= 2 the compiled step takes its matrices with the transpose contiguous (`_step_layout`)."""
+@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_small_and_larger_batches_equal_the_loop(kind, batch):
+    """Up to MATRIX_VECTOR_ROWS rows the step's matmuls compile as reductions; above, as matmuls."""
     torch.manual_seed(3)
     x = torch.randn(batch, 4, 3, dtype=torch.float64)
     options = dict(return_sequences=True, return_state=True)
-    reference = ls.RNN(CELLS[next(iter(CELLS))](), implementation="loop", **options).double()
+    reference = ls.RNN(CELLS[kind](), implementation="loop", **options).double()
     layer = ls.RNN(copy.deepcopy(reference.cell), implementation="compiled", **options)
     initial = ls.rnn.map_state(torch.randn_like, reference.cell.initial_state(batch, x))
     for ours, theirs in zip(outputs_and_grads(layer, x, initial), outputs_and_grads(reference, x, initial)):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("rows, as_reduction", [(1, True), (compiled_path.MATRIX_VECTOR_ROWS, True), (compiled_path.MATRIX_VECTOR_ROWS + 1, False)])
+def test_small_matmuls_are_traced_as_reductions(rows, as_reduction):
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    base = select_decomp_table()
+    table = {**base, **compiled_path._matrix_vector_decompositions(base)}
+    h, w, bias = torch.randn(rows, 3, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    step = lambda h, w, bias: (torch.addmm(bias, h, w.T), h @ w.T, (w @ h.T).T)  # noqa: E731 - the vector on either side
+    graph = make_fx(step, decomposition_table=table)(h, w, bias)
+    matmuls = [n for n in graph.graph.nodes if n.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)]
+    assert (not matmuls) == as_reduction
+    for ours, theirs in zip(graph(h, w, bias), step(h, w, bias)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
 def test_go_backwards_and_stateful_work_on_the_compiled_path():

@@ -153,15 +153,18 @@ def loop_kernels(dtype: torch.dtype) -> Optional[LoopKernels]:
     suffix = SUFFIXES.get(dtype)
     library = _library_or_none() if enabled() and suffix is not None else None
     gemm = _gemm_address(dtype) if library is not None else None
-    if gemm is None:
-        return None
-    loops = {}
+    return None if gemm is None else _kernels(library, suffix, gemm)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(library: ctypes.CDLL, suffix: str, gemm: int) -> LoopKernels:
+    """The loops of one build of the library, made once (every fused call asks for them)."""
     types = {"p": ctypes.c_void_p, "i": ctypes.c_int64}
+    loops = {}
     for name, signature in SIGNATURES.items():
         loop = getattr(library, f"{name}_loop_{suffix}")
-        if loop.argtypes is None:
-            loop.argtypes = [types[kind] for kind in "iii" + signature + "ip"]
-            loop.restype = None
+        loop.argtypes = [types[kind] for kind in "iii" + signature + "ip"]
+        loop.restype = None
         loops[name] = loop
     return LoopKernels(**loops, gemm=gemm)
 
