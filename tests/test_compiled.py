@@ -182,6 +182,22 @@ def test_compiles_once_per_batch_size_and_mode():
     assert len(layer._compiled_loop.steps) == 3 and layer.compile_seconds > first
 
 
+def test_the_all_steps_pass_compiles_once_per_shape_up_to_a_cap(monkeypatch):
+    """The gradient pass over all steps is compiled per number of rows; past COMPILED_PASSES shapes
+    it runs eagerly, with the same gradients."""
+    monkeypatch.setattr(compiled_path, "COMPILED_PASSES", 2)
+    torch.manual_seed(5)
+    reference = ls.RNN(MinimalRNNCell(4, 3), return_sequences=True, return_state=True).double()
+    layer = ls.RNN(copy.deepcopy(reference.cell), implementation="compiled", return_sequences=True, return_state=True)
+    initial = torch.randn(2, 4, dtype=torch.float64)
+    for length, compiled_passes in ((4, 1), (4, 1), (5, 2), (6, 2), (3, 2)):  # lengths 6 and 3: past the cap
+        x = torch.randn(2, length, 3, dtype=torch.float64)
+        for ours, theirs in zip(outputs_and_grads(layer, x, initial), outputs_and_grads(reference, x, initial)):
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+        assert len(layer._compiled_loop.passes) == compiled_passes
+    assert all(call is not None for call in layer._compiled_loop.passes.values())
+
+
 class DropoutCell(MinimalRNNCell):
     def forward(self, x_t, h_prev):
         h = torch.tanh(self.kernel(torch.nn.functional.dropout(x_t, 0.5)) + self.recurrent_kernel(h_prev))

@@ -25,6 +25,9 @@ collected by the loop: the sum over steps becomes the matmul over rows, so the w
 gradients cost one large matmul each, as in the hand-written kernels (a long sequence goes in
 chunks of whole steps, `ROWS_PER_PASS` rows at most, to bound the memory of this pass). This needs a cell that
 treats the rows of a batch independently (no batch statistics); the first trace checks it.
+That pass is traced and compiled too, once per number of rows (so once per sequence length up to
+`ROWS_PER_PASS` / B steps), at most `COMPILED_PASSES` shapes per layer; beyond them, or where it
+cannot be traced, it runs under autograd, op by op.
 
 Masks. With m_t in {0, 1} per sequence, the carried state is `m s_new + (1 - m) s_{t-1}` and the
 output `m y_t`. So the step's cotangents are (m dy_t, m lam_t), `(1 - m) lam_t` flows straight
@@ -150,6 +153,7 @@ class CompiledLoop:
         # batch size, input shape, dtype and mode (None where it does not split; `split_input_side`).
         self.splits: dict[tuple, Optional[_InputSplit]] = {}
         self.steps: dict[tuple, CompiledStep] = {}
+        self.passes: dict[tuple, Optional[Call]] = {}  # the compiled all-steps gradient pass, per shape (None: runs eagerly)
         self.compile_seconds = 0.0
 
     def __deepcopy__(self, memo) -> "CompiledLoop":
@@ -207,6 +211,31 @@ class CompiledLoop:
             logger.info("compiled the step of %s for input %s in %.1f s", type(self.cell).__name__,
                         tuple(input_t.shape), compiled.seconds)
         return self.steps[key]
+
+    def compiled_pass(self, vjp: Callable[..., tuple[Tensor, ...]], arguments: list[Tensor], wanted: Sequence[bool],
+                      split: Optional["_InputSplit"]) -> Optional[Call]:
+        """The all-steps gradient pass `vjp` compiled for these arguments' shapes, or None: run it eagerly
+        (more than `COMPILED_PASSES` shapes already, or it could not be traced)."""
+        key = (self.cell.training, split is not None, tuple(wanted)) + tuple((a.shape, a.stride(), a.dtype, a.device) for a in arguments)
+        if key not in self.passes:
+            if len(self.passes) >= COMPILED_PASSES:
+                return None
+            from torch._inductor.decomposition import select_decomp_table
+            from torch.fx.experimental.proxy_tensor import make_fx
+
+            start = time.perf_counter()
+            try:
+                graph = make_fx(vjp, decomposition_table=select_decomp_table())(*arguments)
+            except Exception as error:  # noqa: BLE001 - the eager pass computes the same; say why it runs
+                logger.info("%s: the all-steps gradient pass runs eagerly (tracing it failed: %s)", type(self.cell).__name__, error)
+                self.passes[key] = None
+                return None
+            self.passes[key] = _inductor_compile(graph, list(arguments))
+            seconds = time.perf_counter() - start
+            self.compile_seconds += seconds
+            logger.info("compiled the all-steps gradient pass of %s for %d rows in %.1f s", type(self.cell).__name__,
+                        arguments[0].shape[0], seconds)
+        return self.passes[key]
 
     def _trace_and_compile(self, tensors: Sequence[Tensor], input_t: Tensor, state, split: Optional["_InputSplit"]) -> CompiledStep:
         from torch._functorch.partitioners import min_cut_rematerialization_partition
@@ -601,6 +630,7 @@ class _CompiledRecurrence(torch.autograd.Function):
         return (None, d_inputs, *lam, *d_tensors)
 
 
+COMPILED_PASSES = 8  # shapes of the all-steps gradient pass compiled per layer (one per sequence length up to ROWS_PER_PASS / B steps)
 ROWS_PER_PASS = 4096  # the all-steps gradient pass runs over at most this many rows at once: bounds its memory (B=32, T=1000, H=128: 382 MiB instead of 511 at 16384, as fast; slower at 1024)
 
 
@@ -635,17 +665,30 @@ def _steps_backward(run: _Recurrence, inputs: Tensor, previous, tensors, dys: Te
         real = step_mask.reshape(T * B)
         step_inputs = torch.where(_batch_view(real, step_inputs), step_inputs, 0)
         states = [torch.where(_batch_view(real, s), s, 0) for s in states]
-    with torch.enable_grad():
-        differentiable = [x.detach().requires_grad_(want) for x, want in zip([step_inputs, *tensors], wanted)]
-        y, new_state = run.loop.step(run.names, differentiable[1:], differentiable[0], _rebuild(run.template, states), run.split)
-        outs = [y, *flatten_state(new_state)]
-        cotangents = [rows(dys), *(rows(l) for l in lams)]
-        pairs = [(out, cot) for out, cot in zip(outs, cotangents) if out.requires_grad]
-        targets = [x for x, want in zip(differentiable, wanted) if want]
-        grads = iter(torch.autograd.grad([o for o, _ in pairs], targets, [c for _, c in pairs], allow_unused=True))
+    arguments = [step_inputs, *(t.detach() for t in tensors), *states, rows(dys), *(rows(l) for l in lams)]
+    vjp = _rows_vjp(run, wanted, len(tensors))
+    compiled = run.loop.compiled_pass(vjp, arguments, wanted, run.split)
+    grads = iter(vjp(*arguments) if compiled is None else compiled(list(arguments)))
     found = [next(grads) if want else None for want in wanted]
     if found[0] is not None:
         found[0] = found[0].reshape(inputs.shape)
-    elif wanted[0]:
-        found[0] = torch.zeros_like(inputs)
     return found
+
+
+def _rows_vjp(run: _Recurrence, wanted: Sequence[bool], n_tensors: int) -> Callable[..., tuple[Tensor, ...]]:
+    """The vector-Jacobian product of the step over rows: (step inputs, *parameters and buffers,
+    *states, *cotangents of the outputs) -> the gradient of each wanted one of (step inputs,
+    *parameters and buffers), zeros where the step does not use it."""
+
+    def vjp(step_inputs: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        tensors, rest = rest[:n_tensors], rest[n_tensors:]
+        states, cotangents = rest[: run.step.state_leaves], rest[run.step.state_leaves :]
+        with torch.enable_grad():
+            differentiable = [x.detach().requires_grad_(want) for x, want in zip([step_inputs, *tensors], wanted)]
+            y, new_state = run.loop.step(run.names, differentiable[1:], differentiable[0], _rebuild(run.template, states), run.split)
+            pairs = [(out, cot) for out, cot in zip([y, *flatten_state(new_state)], cotangents) if out.requires_grad]
+            targets = [x for x, want in zip(differentiable, wanted) if want]
+            grads = torch.autograd.grad([o for o, _ in pairs], targets, [c for _, c in pairs], allow_unused=True) if pairs else [None] * len(targets)
+        return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, targets))
+
+    return vjp
