@@ -143,6 +143,22 @@ def batch_of_one(case: Case) -> Case:
                 None if case.step_mask is None else case.step_mask[:1], None if case.recurrent_mask is None else case.recurrent_mask[:1])
 
 
+def wider_batch(case: Case) -> Case:
+    """The case's batch twice over (the second copy in reverse order): 2B = 6 rows, above the C
+    loops' matrix-vector path (MATRIX_VECTOR_ROWS = 3), so a step's matmul is gemm's."""
+    def doubled(x: Tensor, dim: int) -> Tensor:
+        x = x.detach()
+        return torch.cat([x, x.flip(dim)], dim)
+
+    inputs = [doubled(x, 1) if k == 0 else doubled(x, 0) if k < 3 else x.detach() for k, x in enumerate(case.inputs)]
+    zoneout = case.zoneout
+    if zoneout is not None and isinstance(zoneout.h, Tensor):
+        zoneout = ZoneoutKeep(doubled(zoneout.h, 1), doubled(zoneout.c, 1))
+    return Case([x.requires_grad_() for x in inputs], case.peephole, case.layer_norm, zoneout,
+                None if case.step_mask is None else doubled(case.step_mask, 0),
+                None if case.recurrent_mask is None else doubled(case.recurrent_mask, 0))
+
+
 @ALL_CONFIGS
 @pytest.mark.parametrize("loops", ["c", "torch_ops"], indirect=True)
 def test_gradcheck(config, loops):
@@ -157,8 +173,9 @@ def test_gradcheck_at_a_batch_of_one(config):
 
 
 @ALL_CONFIGS
-def test_a_batch_of_one_matches_the_autograd_loop(config):
-    case = batch_of_one(make_case(config, seed=2))
+@pytest.mark.parametrize("batch", ["one", "wider"])
+def test_a_batch_of_one_or_a_wider_one_matches_the_autograd_loop(config, batch):
+    case = (batch_of_one if batch == "one" else wider_batch)(make_case(config, seed=2))
     fused, want = case.run(lstm_variant_recurrence), case.run(reference)
     assert_close_all(fused, want, 1e-12)
     upstream = [torch.randn_like(o) for o in want]

@@ -6,7 +6,7 @@ forward, four backward), each dispatched from Python: at small batches the dispa
 arithmetic, is most of a step. Where this module can build the C version, the kernels call it
 (through ctypes) once for the whole forward loop and once for the backward: each step there is
 a call of torch's own BLAS gemm (MKL's `sgemm_` / `dgemm_`, found in libtorch_cpu, its address
-handed to C), or at a batch of one a matrix-vector product of the C file's own, and one pass of
+handed to C), or at batches up to 3 matrix-vector products of the C file's own, and one pass of
 gate math.
 
 Building. The first process that needs it compiles the source with the C compiler (`$CC`, else
