@@ -145,7 +145,7 @@ def batch_of_one(case: Case) -> Case:
 
 def wider_batch(case: Case) -> Case:
     """The case's batch twice over (the second copy in reverse order): 2B = 6 rows, above the C
-    loops' matrix-vector path (MATRIX_VECTOR_ROWS = 3), so a step's matmul is gemm's."""
+    loops' matrix-vector path (batches up to SMALL_BATCH = 3 in csrc/rnn_loops.c), so a step's matmul is gemm's."""
     def doubled(x: Tensor, dim: int) -> Tensor:
         x = x.detach()
         return torch.cat([x, x.flip(dim)], dim)

@@ -9,7 +9,7 @@
  * four backward), each dispatched from Python; at small batches that costs more than the
  * arithmetic. Here a whole loop is one call: each step is one call of the BLAS gemm that torch
  * itself uses (the caller passes its address: MKL's sgemm_ / dgemm_, Fortran convention), or at
- * batches up to MATRIX_VECTOR_ROWS matrix-vector products of this file's own, and one pass over
+ * batches up to SMALL_BATCH matrix-vector products of this file's own, and one pass over
  * the batch.
  *
  * The LSTM first (the others' equations are with their loops, further down).
@@ -116,7 +116,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * row-major, which gemm reads as W^T, or, with `w_transposed`, W^T (K, G) row-major, which gemm
  * reads as W.
  *
- * At batches up to MATRIX_VECTOR_ROWS these are matrix-vector products, which rows_dot and
+ * At batches up to SMALL_BATCH these are matrix-vector products, which rows_dot and
  * rows_axpy do on one core, reading each row of the weight once for all the batch's rows (from
  * L1 for the second and third): at B=1 in about half the time of gemm's call on two (LSTM,
  * H=256); a whole training step at H=256 took 9.7 ms instead of 12.5 at B=2 and 13.4 instead of
@@ -124,8 +124,8 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * 10.2 calling gemm, so from B=4 on they call gemm.
  * For M (R, K) row-major: rows_dot is y (R) += M x, rows_axpy is y (K) += x^T M, each for the B
  * rows of x and y. */
-#ifndef MATRIX_VECTOR_ROWS
-#define MATRIX_VECTOR_ROWS 3
+#ifndef SMALL_BATCH
+#define SMALL_BATCH 3
 #endif
 #define MATMULS(scalar, suffix)                                                                        \
     typedef void (*gemm_##suffix)(const char *, const char *, const int *, const int *, const int *,   \
@@ -187,7 +187,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
             else rows_dot_##suffix(1, G, K, w, h, z);                                                  \
             return;                                                                                    \
         }                                                                                              \
-        if (B <= MATRIX_VECTOR_ROWS) {                                                                 \
+        if (B <= SMALL_BATCH) {                                                                        \
             if (w_transposed) rows_axpy_##suffix(B, K, G, w, h, z);                                    \
             else rows_dot_##suffix(B, G, K, w, h, z);                                                  \
             return;                                                                                    \
@@ -210,7 +210,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
         if (B == 1) { /* the same as below, compiled for one row */                                    \
             if (w_transposed) rows_dot_##suffix(1, K, G, w, dz, out);                                  \
             else rows_axpy_##suffix(1, G, K, w, dz, out);                                              \
-        } else if (B <= MATRIX_VECTOR_ROWS) {                                                          \
+        } else if (B <= SMALL_BATCH) {                                                                 \
             if (w_transposed) rows_dot_##suffix(B, K, G, w, dz, out);                                  \
             else rows_axpy_##suffix(B, G, K, w, dz, out);                                              \
         } else {                                                                                       \
