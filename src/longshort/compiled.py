@@ -216,8 +216,8 @@ class CompiledLoop:
                       split: Optional["_InputSplit"]) -> Optional[Call]:
         """The all-steps gradient pass `vjp` compiled for these arguments' shapes, or None: run it eagerly
         (more than `COMPILED_PASSES` shapes already, or it could not be traced)."""
-        # Splits are kept per batch size, but the recur half of one does not depend on it (a split that
-        # fixes the batch size is refused), so batch sizes with the same T * B rows share a compiled pass.
+        # Splits are kept per batch size; this pass runs a split's recur half over T * B rows, which works
+        # only where that half does not depend on the batch size, so batch sizes with the same rows share it.
         key = (self.cell.training, split is not None, tuple(wanted)) + tuple((a.shape, a.stride(), a.dtype, a.device) for a in arguments)
         if key not in self.passes:
             if len(self.passes) >= COMPILED_PASSES:
