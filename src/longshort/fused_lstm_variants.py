@@ -230,8 +230,6 @@ class LSTMVariantRecurrence(torch.autograd.Function):
             c_sums_per_dh = z_all.new_empty(T, B, 2, H)  # [d; d c^] / dh with d = dc^ / s_c
             dc_per_dh = torch.mul(dn_per_dh, gain_c, out=c_sums_per_dh[:, :, 0]).mul_(rsig_c)
             torch.mul(dc_per_dh, chat, out=c_sums_per_dh[:, :, 1])
-            chat_basis = z_all.new_ones(T, B, 2, H)  # [1; c^]
-            chat_basis[:, :, 1] = chat
         if peephole:
             dc_per_dh = torch.addcmul(dc_per_dh, dz_o_per_dh, w_co)
         dz_ifg_per_dc = z_all.new_empty(T, B, 3, H)
@@ -269,6 +267,8 @@ class LSTMVariantRecurrence(torch.autograd.Function):
             u_hs, v_hs, u_cs, v_cs = (None if x is None else x.unbind(0) for x in (u_h, v_h, u_c, v_c))
             dz_ifgs, dz_os = dz_all[..., : 3 * H].unflatten(-1, (3, H)).unbind(0), dz_all[..., 3 * H :].unbind(0)
             if ln:
+                chat_basis = z_all.new_ones(T, B, 2, H)  # [1; c^]
+                chat_basis[:, :, 1] = chat
                 c_sums_per_dhs, chat_bases = c_sums_per_dh.transpose(2, 3).unbind(0), chat_basis.unbind(0)  # (B, H, 2), (B, 2, H)
                 qhat_rows = qhat.unsqueeze(2)  # (T, B, 1, 4H)
                 qhat_cols, qhat_rows, rsig_qs = qhat_rows.transpose(2, 3).unbind(0), qhat_rows.unbind(0), rsig_q.unbind(0)
