@@ -297,7 +297,7 @@ def machine(malloc: str = "as it starts") -> str:
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}), "
-        f"Python {platform.python_version()}; fused loops (LSTM, GRU, SimpleRNN): {ls.native.status()}; malloc: {malloc}"
+        f"Python {platform.python_version()}; fused kernels' loops (LSTM, GRU, SimpleRNN, LSTM variants): {ls.native.status()}; malloc: {malloc}"
     )
 
 

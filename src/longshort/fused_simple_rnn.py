@@ -69,7 +69,7 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t; p_t until then
         h_all[0], h_all[1:] = h0, p.transpose(0, 1)
         h_in = None if recurrent_mask is None else p.new_empty(B, H)
-        masks = None if step_mask is None else step_mask.T.unsqueeze(-1)  # (T, B, 1) bool
+        masks = None if step_mask is None else step_mask.T.contiguous().unsqueeze(-1)  # (T, B, 1) bool, contiguous as the C loops read it
         kernels = loops_for(p)
         if kernels is None:
             w_t = weight_hh.T.contiguous() if B > 1 else weight_hh.T  # (H, H); see Per-step overhead above
@@ -152,7 +152,7 @@ def _forward_steps_in_c(kernels: LoopKernels, relu: bool, h_all, weight_hh, mask
     """As `_forward_steps`."""
     T, B, H = h_all.shape[0] - 1, h_all.shape[1], h_all.shape[2]
     w, transposed = weight_layout(weight_hh.T.contiguous().T)  # stored transposed: the faster layout at B = 1
-    masks = None if masks is None else masks.squeeze(-1).contiguous()  # (T, B) bytes
+    masks = None if masks is None else masks.squeeze(-1)  # (T, B) bytes
     kernels.simple_rnn_forward(T, B, H, address(h_all), address(masks), int(relu), *map(address, (recurrent_mask, h_in, w)),
                                transposed, kernels.gemm)
 
@@ -161,7 +161,7 @@ def _backward_steps_in_c(kernels: LoopKernels, da_all, dh_all, weight_hh, masks,
     """As `_backward_steps`, masks (T, B, 1) or None."""
     T, B, H = da_all.shape
     w, transposed = weight_layout(weight_hh)
-    masks = None if masks is None else masks.squeeze(-1).contiguous()  # (T, B) bytes
+    masks = None if masks is None else masks.squeeze(-1)  # (T, B) bytes
     kernels.simple_rnn_backward(T, B, H, *map(address, (da_all, dh_all, masks, recurrent_mask, da_w, w)), transposed, kernels.gemm)
 
 

@@ -52,7 +52,7 @@ double exp(double) __attribute__((simd("notinbranch")));
 double tanh(double) __attribute__((simd("notinbranch")));
 
 #define LSTM_STEPS(scalar, suffix, EXP, TANH)                                                          \
-    void lstm_forward_step_##suffix(int64_t B, int64_t H, scalar *restrict z,                          \
+    static void lstm_forward_step_##suffix(int64_t B, int64_t H, scalar *restrict z,                   \
                                     const scalar *restrict c_prev, const scalar *restrict h_prev,      \
                                     scalar *restrict c, scalar *restrict h, scalar *restrict tanh_c,   \
                                     const uint8_t *restrict step_mask) {                               \
@@ -78,7 +78,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
         }                                                                                              \
     }                                                                                                  \
                                                                                                        \
-    void lstm_backward_step_##suffix(int64_t B, int64_t H, const scalar *restrict gates,               \
+    static void lstm_backward_step_##suffix(int64_t B, int64_t H, const scalar *restrict gates,        \
                                      const scalar *restrict c_prev, const scalar *restrict tanh_c,     \
                                      const scalar *restrict dh, scalar *restrict dh_prev,              \
                                      scalar *restrict dc, scalar *restrict dz,                         \
@@ -256,6 +256,14 @@ double tanh(double) __attribute__((simd("notinbranch")));
         }                                                                                              \
     }
 
+/* torch.lerp's formula, start + weight (end - start), computed from the nearer end so that it is
+ * exact at weight 0 and 1: the GRU's h = lerp(n, h_prev, z) and zoneout's mix of the new state
+ * with the previous one. */
+#define LERP(scalar, suffix)                                                                           \
+    static inline scalar lerp_##suffix(scalar start, scalar end, scalar weight) {                      \
+        return weight < (scalar)0.5 ? start + weight * (end - start) : end - (end - start) * (1 - weight); \
+    }
+
 /* GRU (fused_gru.py). rzq_all (T, B, 3H) holds p_r + b_hr, p_z + b_hz, b_hn and becomes r, z,
  * q_n; n_all (T, B, H) holds p_n and becomes n; h_all (T + 1, B, H). Per unit, after
  * rzq += (r_drop h_prev) W_hh^T:
@@ -279,10 +287,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                 /* three simple loops, each vectorised (r and z side by side are one loop) */            \
                 for (int64_t j = 0; j < 2 * H; j++) r_b[j] = 1 / (1 + EXP(-r_b[j]));                   \
                 for (int64_t j = 0; j < H; j++) n_b[j] = TANH(n_b[j] + r_b[j] * q_n[j]);               \
-                for (int64_t j = 0; j < H; j++) {                                                      \
-                    scalar z = z_b[j], n_j = n_b[j], h_j = h_prev_b[j];                                \
-                    h_b[j] = z < (scalar)0.5 ? n_j + z * (h_j - n_j) : h_j - (h_j - n_j) * (1 - z);    \
-                }                                                                                      \
+                for (int64_t j = 0; j < H; j++) h_b[j] = lerp_##suffix(n_b[j], h_prev_b[j], z_b[j]);   \
             }                                                                                          \
         }                                                                                              \
     }                                                                                                  \
@@ -374,7 +379,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                const uint8_t *restrict hold, int64_t width, scalar rate) {                      \
         for (int64_t j = 0; j < H; j++) {                                                              \
             scalar x = new_[j], p = prev[j];                                                           \
-            if (rate != 0) x = rate < (scalar)0.5 ? x + rate * (p - x) : p - (p - x) * (1 - rate);     \
+            if (rate != 0) x = lerp_##suffix(x, p, rate);                                              \
             out[j] = hold && hold[width == 1 ? 0 : j] ? p : x;                                         \
         }                                                                                              \
     }                                                                                                  \
@@ -505,6 +510,8 @@ MATMULS(float, f32)
 MATMULS(double, f64)
 LSTM_LOOPS(float, f32)
 LSTM_LOOPS(double, f64)
+LERP(float, f32)
+LERP(double, f64)
 GRU_LOOPS(float, f32, expf, tanhf)
 GRU_LOOPS(double, f64, exp, tanh)
 SIMPLE_RNN_LOOPS(float, f32, tanhf)
