@@ -49,6 +49,15 @@ compiles into a loop of its own, fused with the elementwise math around it: a cu
 at B = 1, H = 256 trains in 6.9 ms instead of 10.7 (side by side). (Where Inductor cannot
 compile, the traced multiply-and-sum runs as torch ops, slower than the matmul it replaces.)
 
+Looped in C. Where the compiled step is kernels alone (at these small batches it is: its
+matmuls are reductions in them), calling it from Python a step at a time costs more than its
+arithmetic: 6.6 us a step forward at B = 1, H = 64, mostly the wrapper's allocations.
+`compiled_loops` records what the wrapper does once and compiles the step's kernels again with
+both loops over time around them, in C++: a custom LSTM cell at B = 1, H = 64 trains in 1.1 ms
+instead of 3.1 (side by side). Where a step is not kernels alone (a matmul at B > 4 is a call of
+torch's BLAS), or the loops do not reproduce its wrapper, it is called a step at a time as
+before (logged, with the reason; `STEP_LOOPS_IN_C = False` turns the loops off).
+
 Compiling takes seconds; it happens at the first call for each batch size, dtype and
 train/eval mode (kept per layer, and by Inductor on disk, so a later process compiles
 faster). `RNN.compile_seconds` totals it; each compile is logged on the `longshort` logger.
@@ -68,7 +77,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -76,9 +85,13 @@ from torch.autograd.function import once_differentiable
 
 from longshort.rnn import flatten_state, map_state
 
+if TYPE_CHECKING:
+    from longshort.compiled_loops import StepLoops
+
 logger = logging.getLogger("longshort")
 
 Call = Callable[[list[Tensor]], Sequence[Tensor]]  # a graph in Inductor's calling convention: a list in, outputs out
+STEP_LOOPS_IN_C = True  # loop the compiled step's kernels over time in C where it is kernels alone (`compiled_loops`)
 MATRIX_VECTOR_ROWS = 4  # up to this batch the step's matmuls compile as reductions (B=4, H=256: 22 ms instead of 29; as fast at 8)
 
 
@@ -122,6 +135,7 @@ class CompiledStep:
     backward_arguments: list[tuple[str, int]]  # the backward's inputs in order: ("saved", k) or ("cotangent", k)
     state_leaves: int  # how many tensors the state holds
     seconds: float  # how long tracing and compiling took
+    loops: Optional["StepLoops"] = None  # the two looped over time in C, where the step is kernels alone (`compiled_loops`)
 
     def step_backward(self, saved: Sequence[Tensor], cotangents: Sequence[Tensor]) -> Sequence[Tensor]:
         """dL/ds_{t-1} of each state tensor, from the step's saved values and its outputs' cotangents."""
@@ -289,7 +303,8 @@ class CompiledLoop:
         if not all(t.is_contiguous() for t in [*forward_out[1 : n + 1], *backward_out]):
             forward_call = _contiguous_outputs(forward_call, range(1, n + 1))
             backward_call = _contiguous_outputs(backward_call, range(n))
-        return CompiledStep(forward_call, backward_call, arguments, n, time.perf_counter() - start)
+        loops = _step_loops(forward_call, example, backward_call, arguments, len(tensors), n, type(self.cell).__name__)
+        return CompiledStep(forward_call, backward_call, arguments, n, time.perf_counter() - start, loops)
 
 
 # -- hoisting the input side of any cell -----------------------------------------------------------
@@ -482,6 +497,21 @@ def _inductor_compile(graph: torch.fx.GraphModule, example: list[Tensor]) -> Cal
         return lambda arguments: graph(*arguments)
 
 
+def _step_loops(forward_call: Call, example: list[Tensor], backward_call: Call, arguments: list[tuple[str, int]],
+                n_tensors: int, leaves: int, who: str) -> Optional["StepLoops"]:
+    """The step's compiled forward and backward looped over time in C (`compiled_loops`), or None:
+    they keep running one wrapper call a step (logged, with the reason)."""
+    if not STEP_LOOPS_IN_C:
+        return None
+    from longshort import compiled_loops
+
+    try:
+        return compiled_loops.build(forward_call, example, backward_call, arguments, n_tensors, leaves)
+    except Exception as error:  # noqa: BLE001 - Unsupported, or the C++ compiler's error: the wrapper calls do the same
+        logger.info("%s: the compiled step runs one call a step from Python (%s)", who, error)
+        return None
+
+
 def _backward_arguments(forward_graph, backward_graph, outputs: int) -> list[tuple[str, int]]:
     """Where each input of the backward graph comes from: a value the forward saved, or the
     cotangent of one of the step's outputs (placeholders `tangents_1`, ... in output order)."""
@@ -581,23 +611,15 @@ class _CompiledRecurrence(torch.autograd.Function):
     def forward(ctx, run: _Recurrence, inputs: Tensor, *leaves_and_tensors: Tensor):
         n = run.step.state_leaves
         state, tensors = list(leaves_and_tensors[:n]), list(leaves_and_tensors[n:])
-        step_mask = run.step_mask
-        ys, saved, previous = [], [], []
-        for t, input_t in enumerate(inputs.unbind(0)):  # the per-step views, made at once: cheaper than inputs[t]
-            out = run.step.forward([*tensors, input_t, *state])
-            y, new_state = out[0], out[1 : n + 1]
-            saved.append(out[n + 1 :])
-            previous.append(state)
-            if step_mask is not None:
-                m = step_mask[t]
-                new_state = [torch.where(_batch_view(m, s), new, s) for new, s in zip(new_state, state)]
-                y = torch.where(_batch_view(m, y), y, 0)
-            ys.append(y)
-            state = list(new_state)
-        ctx.run, ctx.saved_steps = run, saved
-        previous = [torch.stack(steps) for steps in zip(*previous)]  # each (T, B, ...): the state each step started from
-        ctx.save_for_backward(inputs, *previous, *tensors)
-        outputs = torch.stack(ys)  # (T, B, ...)
+        ctx.run = run
+        if run.step.loops is not None:  # the whole loop in C (`compiled_loops`)
+            ctx.loop_run = run.step.loops.forward(tensors, inputs, state, run.step_mask)
+            y, *new_states = ctx.loop_run.outputs  # each (T, B, ...): views of the loop's arrays, copied out
+            outputs = y.clone() if run.step_mask is None else _masked(y, run.step_mask)
+            previous, state = ctx.loop_run.previous, [s[-1].clone() for s in new_states]
+        else:
+            outputs, previous, state = _steps(ctx, run, inputs, state, tensors)
+        ctx.save_for_backward(inputs, *previous, *tensors)  # previous: each (T, B, ...), the state each step started from
         ctx.output_shape = outputs.shape
         return (outputs, *state)
 
@@ -607,29 +629,63 @@ class _CompiledRecurrence(torch.autograd.Function):
         run, n = ctx.run, ctx.run.step.state_leaves
         inputs, *rest = ctx.saved_tensors
         previous, tensors = rest[:n], rest[n:]
-        T = inputs.shape[0]
         lam = [torch.zeros_like(s[0]) if d is None else d.contiguous() for d, s in zip(d_final, previous)]
-        step_mask = run.step_mask
         if dy is None:
             dy = inputs.new_zeros(ctx.output_shape)  # (T, B, ...)
-        elif step_mask is None:
+        elif run.step_mask is None:
             dy = dy.contiguous()
         else:  # the cotangent of each step's output is m dy_t
-            dy = torch.where(step_mask.view(*step_mask.shape, *[1] * (dy.dim() - 2)), dy, 0)
-        lams = [None] * T  # the cotangents of each step's new state
-        dys = dy.unbind(0)
-        for t in range(T - 1, -1, -1):
-            if step_mask is not None:
-                m = step_mask[t]
-                passed = [torch.where(_batch_view(m, l), 0, l) for l in lam]
-                lam = [torch.where(_batch_view(m, l), l, 0) for l in lam]
-            lams[t] = lam
-            lam = list(run.step.step_backward(ctx.saved_steps[t], [dys[t], *lam]))
-            if step_mask is not None:
-                lam = [l + p for l, p in zip(lam, passed)]
-        lams = [torch.stack(steps) for steps in zip(*lams)]  # each (T, B, ...); the per-step tensors are freed
+            dy = _masked(dy, run.step_mask)
+        if run.step.loops is not None:  # the whole loop in C
+            lams, lam = run.step.loops.backward(tensors, inputs, ctx.loop_run, dy, lam, run.step_mask)
+            lam = [l.clone() for l in lam]
+        else:
+            lams, lam = _reverse_steps(ctx, run, dy, lam)
         d_inputs, d_tensors = _all_steps_backward(ctx, run, inputs, previous, tensors, dy, lams)
         return (None, d_inputs, *lam, *d_tensors)
+
+
+def _masked(y: Tensor, step_mask: Tensor) -> Tensor:
+    """y (T, B, ...) with the steps the mask (T, B) marks as padding zeroed."""
+    return torch.where(step_mask.view(*step_mask.shape, *[1] * (y.dim() - 2)), y, 0)
+
+
+def _steps(ctx, run: _Recurrence, inputs: Tensor, state: list[Tensor], tensors: list[Tensor]):
+    """The forward loop in Python, one call of the compiled step each: -> y (T, B, ...), the state each
+    step started from (each (T, B, ...)), the final state; what each step saved goes to ctx.saved_steps."""
+    n, step_mask = run.step.state_leaves, run.step_mask
+    ys, saved, previous = [], [], []
+    for t, input_t in enumerate(inputs.unbind(0)):  # the per-step views, made at once: cheaper than inputs[t]
+        out = run.step.forward([*tensors, input_t, *state])
+        y, new_state = out[0], out[1 : n + 1]
+        saved.append(out[n + 1 :])
+        previous.append(state)
+        if step_mask is not None:
+            m = step_mask[t]
+            new_state = [torch.where(_batch_view(m, s), new, s) for new, s in zip(new_state, state)]
+            y = torch.where(_batch_view(m, y), y, 0)
+        ys.append(y)
+        state = list(new_state)
+    ctx.saved_steps = saved
+    return torch.stack(ys), [torch.stack(steps) for steps in zip(*previous)], state
+
+
+def _reverse_steps(ctx, run: _Recurrence, dy: Tensor, lam: list[Tensor]):
+    """The reverse loop in Python, one call of the compiled step's backward each: -> the cotangents of
+    each step's new state (each (T, B, ...)), and of the initial state."""
+    step_mask = run.step_mask
+    lams = [None] * dy.shape[0]  # the cotangents of each step's new state
+    dys = dy.unbind(0)
+    for t in range(dy.shape[0] - 1, -1, -1):
+        if step_mask is not None:
+            m = step_mask[t]
+            passed = [torch.where(_batch_view(m, l), 0, l) for l in lam]
+            lam = [torch.where(_batch_view(m, l), l, 0) for l in lam]
+        lams[t] = lam
+        lam = list(run.step.step_backward(ctx.saved_steps[t], [dys[t], *lam]))
+        if step_mask is not None:
+            lam = [l + p for l, p in zip(lam, passed)]
+    return [torch.stack(steps) for steps in zip(*lams)], lam  # the per-step tensors are freed
 
 
 COMPILED_PASSES = 8  # shapes of the all-steps gradient pass compiled per layer (one per sequence length up to ROWS_PER_PASS / B steps)
