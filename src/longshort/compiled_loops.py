@@ -143,7 +143,8 @@ def record(call: Call, arguments: Sequence[Tensor]) -> Recording:
 # Slots: what a kernel argument points into, resolved to an address and a per-step stride at each run.
 #   forward:  ("parameter", k), ("inputs", 0), ("state", l), ("row", j) a returned buffer's row t + 1, ("scratch", j)
 #   backward: the forward's ("parameter", k), ("inputs", 0), ("state", l), ("row", j) (the saved values),
-#             ("dy", 0), ("cotangent", l) of the new state: row t + 1, ("out", j) a returned buffer's row t, ("bscratch", j)
+#             ("dy", 0), ("cotangent", l) of the new state: row t + 1, ("out", j) a returned buffer's row t,
+#             ("scratch", j) one of its own buffers
 Slot = tuple[str, int]
 
 _TEMPLATE = """
@@ -290,7 +291,7 @@ class StepLoops:
         """A backward kernel argument's (slot, offset): a saved value is where the forward put it."""
         kind, k, offset = place
         if kind == "buffer":
-            return self._slot(self.backward_slots, ("out" if k in self.backward_rows else "bscratch", k), offset)
+            return self._slot(self.backward_slots, ("out" if k in self.backward_rows else "scratch", k), offset)
         source, index = backward_arguments[k]
         if source == "cotangent":
             return self._slot(self.backward_slots, ("dy", 0) if index == 0 else ("cotangent", index - 1), offset)
@@ -299,6 +300,16 @@ class StepLoops:
         return self._slot(self.backward_slots, self.forward_slots[slot], total)
 
     # -- running --------------------------------------------------------------------------------
+    def _forward_places(self, parameters: Sequence[Tensor], inputs: Tensor, states: Sequence[Tensor],
+                        arrays: dict[int, Tensor]) -> dict[str, Callable[[int], tuple[int, int]]]:
+        """Where each kind of the forward's slots is in a run: k -> (address at step 0, bytes a step)."""
+        return {
+            "parameter": lambda k: (parameters[k].data_ptr(), 0),
+            "inputs": lambda k: _rows(inputs),
+            "state": lambda k: _rows(states[k]),  # the state step t starts from: row t
+            "row": lambda k: (arrays[k].data_ptr() + self.forward_rows[k], self.forward_rows[k]),  # row t + 1
+        }
+
     @staticmethod
     def _view(array: Tensor, row: int, first_row: int, offset: int, rows: int, layout) -> Tensor:
         """Rows first_row.. of `array` (bytes), at `offset` in each, as (rows, *shape) of the layout's dtype."""
@@ -317,24 +328,11 @@ class StepLoops:
             state = self._view(arrays[j], self.forward_rows[j], 0, offset, T + 1, recording.layouts[1 + l])
             state[0].copy_(leaves[l])
             states.append(state)
-        scratch = {}
-        addresses = []
-        for kind, k in self.forward_slots:
-            if kind == "parameter":
-                addresses.append((parameters[k].data_ptr(), 0))
-            elif kind == "inputs":
-                addresses.append((inputs.data_ptr(), inputs[0].nbytes))
-            elif kind == "state":
-                addresses.append((states[k].data_ptr(), self.forward_rows[self.states[k][0]]))
-            elif kind == "row":
-                addresses.append((arrays[k].data_ptr() + self.forward_rows[k], self.forward_rows[k]))
-            else:
-                scratch[k] = torch.empty(recording.buffers[k][0], dtype=torch.uint8)
-                addresses.append((scratch[k].data_ptr(), 0))
+        where = self._forward_places(parameters, inputs, states, arrays)
+        slots, scratch = _resolve(self.forward_slots, where, recording.buffers)
         mask = None if step_mask is None else step_mask.contiguous()
         self.library.forward_steps(
-            ctypes.c_int64(T), *_pointer_arrays(addresses), _address(mask), ctypes.c_int64(B),
-            *_pointer_arrays([(s.data_ptr(), s.stride(0) * s.element_size()) for s in states]),
+            ctypes.c_int64(T), *slots, _address(mask), ctypes.c_int64(B), *_pointer_arrays([_rows(s) for s in states]),
             (ctypes.c_int64 * max(self.leaves, 1))(*(s[0].nbytes for s in states)),
         )
         y_kind, y_j, y_offset = recording.outputs[0]
@@ -353,36 +351,39 @@ class StepLoops:
             cotangent = self._view(arrays[j], self.backward_rows[j], 0, offset, T + 1, recording.layouts[l])
             cotangent[T].copy_(final[l])
             cotangents.append(cotangent)
-        states = run.previous
-        scratch = {}
-        addresses = []
-        for kind, k in self.backward_slots:
-            if kind == "parameter":
-                addresses.append((parameters[k].data_ptr(), 0))
-            elif kind == "inputs":
-                addresses.append((inputs.data_ptr(), inputs[0].nbytes))
-            elif kind == "state":
-                addresses.append((states[k].data_ptr(), self.forward_rows[self.states[k][0]]))
-            elif kind == "row":
-                addresses.append((run.arrays[k].data_ptr() + self.forward_rows[k], self.forward_rows[k]))
-            elif kind == "dy":
-                addresses.append((dy.data_ptr(), dy[0].nbytes))
-            elif kind == "cotangent":
-                addresses.append((cotangents[k][1:].data_ptr(), self.backward_rows[self.cotangents[k][0]]))
-            elif kind == "out":
-                addresses.append((arrays[k].data_ptr(), self.backward_rows[k]))
-            else:
-                scratch[k] = torch.empty(recording.buffers[k][0], dtype=torch.uint8)
-                addresses.append((scratch[k].data_ptr(), 0))
+        where = {
+            **self._forward_places(parameters, inputs, run.previous, run.arrays),  # the saved values
+            "dy": lambda k: _rows(dy),
+            "cotangent": lambda k: _rows(cotangents[k][1:]),  # the new state's: row t + 1
+            "out": lambda k: (arrays[k].data_ptr(), self.backward_rows[k]),  # row t
+        }
+        slots, scratch = _resolve(self.backward_slots, where, recording.buffers)
         mask = None if step_mask is None else step_mask.contiguous()
         passed = [torch.empty_like(c[0]) for c in cotangents] if mask is not None else []
         self.library.backward_steps(
-            ctypes.c_int64(T), *_pointer_arrays(addresses), _address(mask), ctypes.c_int64(B),
-            *_pointer_arrays([(c.data_ptr(), c.stride(0) * c.element_size()) for c in cotangents]),
+            ctypes.c_int64(T), *slots, _address(mask), ctypes.c_int64(B), *_pointer_arrays([_rows(c) for c in cotangents]),
             (ctypes.c_int64 * max(self.leaves, 1))(*(c[0].nbytes for c in cotangents)),
             (ctypes.c_void_p * max(self.leaves, 1))(*(p.data_ptr() for p in passed)),
         )
         return [c[1:] for c in cotangents], [c[0] for c in cotangents]
+
+
+def _rows(t: Tensor) -> tuple[int, int]:
+    """A tensor with a row per step: (its address, bytes from a row to the next)."""
+    return t.data_ptr(), t.stride(0) * t.element_size()
+
+
+def _resolve(slots: Sequence[Slot], where: dict[str, Callable[[int], tuple[int, int]]], buffers: list[tuple[int, torch.dtype]]):
+    """The loop's two slot arrays (addresses at step 0, bytes a step), with a scratch buffer made for
+    each ("scratch", j) slot (returned too, to keep it alive through the call)."""
+    pairs, scratch = [], []
+    for kind, k in slots:
+        if kind == "scratch":
+            scratch.append(torch.empty(buffers[k][0], dtype=torch.uint8))
+            pairs.append((scratch[-1].data_ptr(), 0))  # the same row every step
+        else:
+            pairs.append(where[kind](k))
+    return _pointer_arrays(pairs), scratch
 
 
 def _pointer_arrays(pairs: Sequence[tuple[int, int]]):
