@@ -142,19 +142,28 @@ class HandOnCell(nn.Module):
         return h, (h, scale)
 
 
+class SortingCell(MinimalRNNCell):
+    """A cell whose step sorts its state: TorchInductor calls ATen's sort for it, not a kernel of its own."""
+
+    def forward(self, x_t, h_prev):
+        h = torch.sort(torch.tanh(self.kernel(x_t) + self.recurrent_kernel(h_prev)), dim=-1).values
+        return h, h
+
+
 def step_loops(layer: ls.RNN) -> list:
     return [step.loops for step in layer._compiled_loop.steps.values()]
 
 
 @pytest.mark.parametrize("kind", CELLS)
-@pytest.mark.parametrize("batch", [1, 3])
-def test_small_batches_loop_the_compiled_kernels_in_c(kind, batch, monkeypatch):
-    """Where the step is kernels alone (B <= MATRIX_VECTOR_ROWS), both loops over time run in C
-    (`compiled_loops`), and give what one call of the compiled step a step gives, masks included."""
+@pytest.mark.parametrize("batch", [1, 3, compiled_path.MATRIX_VECTOR_ROWS + 2])
+def test_the_compiled_step_loops_over_time_in_c(kind, batch, monkeypatch):
+    """Both loops over time run in C++ (`compiled_loops`) around the step's kernels and, from
+    B > MATRIX_VECTOR_ROWS, its matmuls, and give what one call of the compiled step a step gives,
+    masks included."""
     torch.manual_seed(4)
     x = torch.randn(batch, 5, 3, dtype=torch.float64)
     x[0, 3:] = float("nan")  # padding: must reach neither outputs nor gradients
-    call = {"lengths": torch.tensor([3, 5, 1][:batch])}
+    call = {"lengths": torch.tensor([3, 5, 1, 4, 2, 5][:batch])}
     options = dict(return_sequences=True, return_state=True)
     in_c = ls.RNN(CELLS[kind](), implementation="compiled", **options).double()
     initial = ls.rnn.map_state(torch.randn_like, in_c.cell.initial_state(batch, x))
@@ -170,7 +179,7 @@ def test_small_batches_loop_the_compiled_kernels_in_c(kind, batch, monkeypatch):
 
 
 @pytest.mark.parametrize("cell, batch, reason", [
-    (lambda: MinimalRNNCell(4, 3), compiled_path.MATRIX_VECTOR_ROWS + 1, "calls addmm, not only kernels"),
+    (lambda: SortingCell(4, 3), 2, "neither a kernel nor a matmul"),
     (lambda: HandOnCell(4, 3), 2, "a new state the step does not compute"),
 ])
 def test_steps_the_loops_in_c_cannot_run_keep_their_wrapper_calls(cell, batch, reason, caplog):

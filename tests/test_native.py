@@ -146,7 +146,7 @@ def test_a_platform_without_vector_math_is_named(fresh_build, monkeypatch, tmp_p
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
 def test_a_torch_without_an_exported_gemm_is_named(monkeypatch):
     """The C loops call torch's own BLAS gemm; a torch build whose library exports none keeps to torch ops, and says so."""
-    monkeypatch.setattr(native, "_gemm_address", lambda dtype: None)
+    monkeypatch.setattr(native, "gemm_address", lambda dtype: None)
     assert native.loop_kernels(torch.float32) is None
     assert native.status() == "torch ops: torch's library exports no BLAS gemm (sgemm_) for the C loops to call"
     layer = ls.GRU(4, return_sequences=True, implementation="fused")

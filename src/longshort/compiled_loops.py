@@ -58,10 +58,31 @@ class _Refusing:
 
 
 @dataclass
-class Recording:
-    """One call of a step's wrapper: its kernel calls, its allocations and its outputs."""
+class Gemm:
+    """A matmul of the wrapper (`extern_kernels.mm` / `addmm`): out (M, N) = beta bias + alpha a (M, K) b (K, N),
+    each matrix row-major or, `transposed`, stored as its transpose, with its leading dimension."""
 
-    calls: list[tuple[str, list[Place]]]  # each kernel call: the kernel's C++ source, where each argument points
+    dtype: torch.dtype
+    m: int
+    n: int
+    k: int
+    a: Place
+    a_layout: tuple[bool, int]  # (transposed, leading dimension)
+    b: Place
+    b_layout: tuple[bool, int]
+    out: Place
+    ldc: int
+    bias: Optional[Place]  # None for mm
+    bias_strides: tuple[int, int]  # the bias broadcast to (M, N): its strides in elements (0 along a broadcast)
+    alpha: float
+    beta: float
+
+
+@dataclass
+class Recording:
+    """One call of a step's wrapper: its kernel calls and matmuls, its allocations and its outputs."""
+
+    calls: list  # each a kernel call, (its C++ source, where each argument points), or a Gemm
     buffers: list[tuple[int, torch.dtype]]  # each allocation's bytes and dtype
     outputs: list[Place]
     layouts: list[tuple[torch.Size, tuple[int, ...], torch.dtype]]  # each output's shape, strides and dtype
@@ -81,6 +102,35 @@ def kernel_source(value) -> Optional[str]:
         return None
     kernel, marker, _ = source.partition("// Python bindings to call kernel():")
     return kernel if marker else None
+
+
+class _Matmuls:
+    """Stands in for the wrapper's `extern_kernels` while it is recorded: mm and addmm are recorded
+    (and run), anything else is Unsupported."""
+
+    def __init__(self, real, calls: list) -> None:
+        self.real, self.calls = real, calls
+
+    def mm(self, a: Tensor, b: Tensor, *, out: Tensor) -> Tensor:
+        self.calls.append(("gemm", dict(a=a, b=b, out=out, bias=None, alpha=1, beta=0)))
+        return self.real.mm(a, b, out=out)
+
+    def addmm(self, bias: Tensor, a: Tensor, b: Tensor, *, alpha=1, beta=1, out: Tensor) -> Tensor:
+        self.calls.append(("gemm", dict(a=a, b=b, out=out, bias=bias, alpha=alpha, beta=beta)))
+        return self.real.addmm(bias, a, b, alpha=alpha, beta=beta, out=out)
+
+    def __getattr__(self, name: str):
+        raise Unsupported(f"the step's wrapper calls {name}, not only kernels and matmuls")
+
+
+def _matrix_layout(x: Tensor) -> tuple[bool, int]:
+    """(transposed, leading dimension) of a matrix for gemm: row-major, or stored as its transpose."""
+    rows, columns = x.shape
+    if x.stride(1) == 1 or columns == 1:
+        return False, max(x.stride(0), columns, 1)
+    if x.stride(0) == 1 or rows == 1:
+        return True, max(x.stride(1), rows, 1)
+    raise Unsupported("a matmul of a matrix with neither stride 1")
 
 
 def record(call: Call, arguments: Sequence[Tensor]) -> Recording:
@@ -103,7 +153,8 @@ def record(call: Call, arguments: Sequence[Tensor]) -> Recording:
 
         return kernel_call
 
-    stand_ins: dict = {"empty_strided_cpu": allocating, "extern_kernels": _Refusing(), "aten": _Refusing()}
+    stand_ins: dict = {"empty_strided_cpu": allocating, "aten": _Refusing(),
+                       "extern_kernels": _Matmuls(module["extern_kernels"], calls) if "extern_kernels" in module else _Refusing()}
     for name, value in list(module.items()):
         source = kernel_source(value)
         if source is not None:
@@ -129,10 +180,20 @@ def record(call: Call, arguments: Sequence[Tensor]) -> Recording:
                 if (address - start) % value.element_size():
                     raise Unsupported("an address between two elements")
                 return kind, k, address - start
-        raise Unsupported("an address in no input and no buffer of the step")
+        raise Unsupported("an address in no input and no buffer of the step (from a call that is neither a kernel nor a matmul?)")
+
+    def gemm(a: Tensor, b: Tensor, out: Tensor, bias: Optional[Tensor], alpha, beta) -> Gemm:
+        if a.dim() != 2 or b.dim() != 2 or not (a.dtype == b.dtype == out.dtype) or out.stride(1) != 1:
+            raise Unsupported("a matmul that is not of two matrices into a row-major one")
+        if a.dtype not in (torch.float32, torch.float64):
+            raise Unsupported(f"a matmul in {a.dtype}")
+        (m, k), n = a.shape, b.shape[1]
+        broadcast = None if bias is None else bias.expand(m, n)
+        return Gemm(a.dtype, m, n, k, place(a), _matrix_layout(a), place(b), _matrix_layout(b), place(out), max(out.stride(0), n, 1),
+                    None if bias is None else place(bias), (0, 0) if broadcast is None else broadcast.stride(), float(alpha), float(beta))
 
     return Recording(
-        calls=[(source, [place(a) for a in args]) for source, args in calls],
+        calls=[gemm(**args) if source == "gemm" else (source, [place(a) for a in args]) for source, args in calls],
         buffers=[(b.untyped_storage().nbytes(), b.dtype) for b in allocations],
         outputs=[place(o) for o in outputs],
         layouts=[(o.shape, o.stride(), o.dtype) for o in outputs],
@@ -151,9 +212,32 @@ _TEMPLATE = """
 #include <cstdint>
 #include <cstring>
 {kernels}
-/* Step t's address of argument k: base[slot] + t * stride[slot] + offset, the offset in the call. */
+/* A matmul of the step: out (M, N) = beta bias + alpha a (M, K) b (K, N), all row-major (a, b maybe
+ * stored transposed), through the BLAS gemm at `gemm` (column-major, Fortran convention): that is
+ * out^T (N, M) = alpha b^T a^T + beta out^T, in which a row-major b is read as b^T as it is ('N'). */
+template <typename scalar>
+using gemm_function = void (*)(const char*, const char*, const int*, const int*, const int*, const scalar*,
+                               const scalar*, const int*, const scalar*, const int*, const scalar*, scalar*, const int*);
+
+template <typename scalar>
+static void matmul(void* gemm, int M, int N, int K, scalar alpha, const char* a, bool a_transposed, int lda,
+                   const char* b, bool b_transposed, int ldb, scalar beta, char* out, int ldc,
+                   const char* bias, int64_t bias_row, int64_t bias_column) {{
+    scalar* c = (scalar*)out;
+    if (bias)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) c[i * ldc + j] = ((const scalar*)bias)[i * bias_row + j * bias_column];
+    const char op_b = b_transposed ? 'T' : 'N', op_a = a_transposed ? 'T' : 'N';
+    const scalar scale_c = bias ? beta : scalar(0);
+    ((gemm_function<scalar>)gemm)(&op_b, &op_a, &N, &M, &K, &alpha, (const scalar*)b, &ldb, (const scalar*)a, &lda,
+                                  &scale_c, c, &ldc);
+}}
+
+/* Step t's address of an argument: base[slot] + t * stride[slot] + offset, the offset in the call;
+ * gemm = {{sgemm, dgemm}}. */
 extern "C" void forward_steps(int64_t T, char* const* base, const int64_t* stride, const uint8_t* mask,
-                              int64_t B, char* const* state, const int64_t* state_stride, const int64_t* state_bytes) {{
+                              int64_t B, char* const* state, const int64_t* state_stride, const int64_t* state_bytes,
+                              void* const* gemm) {{
     for (int64_t t = 0; t < T; t++) {{
 {forward}
         if (!mask) continue;
@@ -168,7 +252,7 @@ extern "C" void forward_steps(int64_t T, char* const* base, const int64_t* strid
 
 extern "C" void backward_steps(int64_t T, char* const* base, const int64_t* stride, const uint8_t* mask,
                                int64_t B, char* const* cotangent, const int64_t* cotangent_stride,
-                               const int64_t* cotangent_bytes, char* const* passed) {{
+                               const int64_t* cotangent_bytes, void* const* gemm, char* const* passed) {{
     for (int64_t t = T - 1; t >= 0; t--) {{
         for (int64_t l = 0; mask && l < {leaves}; l++) {{  /* a padding row's cotangent skips the step */
             int64_t row = cotangent_bytes[l] / B;
@@ -202,21 +286,33 @@ def _parameter_types(source: str) -> list[str]:
     return types_
 
 
-def _library_source(sources: list[str], forward: list[tuple[int, list[tuple[int, int]]]],
-                    backward: list[tuple[int, list[tuple[int, int]]]], leaves: int) -> str:
+def _library_source(sources: list[str], forward: list, backward: list, leaves: int) -> str:
     """The C++ of the library: each distinct kernel as `step_kernel_<i>`, and the two loops calling
-    them; each call a (kernel index, [(slot index, byte offset)] per argument)."""
+    them; each call ("kernel", kernel index, [(slot index, byte offset)] per argument) or
+    ("gemm", Gemm, {"a" / "b" / "out" / "bias": (slot index, byte offset)})."""
     parameter_types = [_parameter_types(source) for source in sources]
     kernels = "\n".join(re.sub(r"\bkernel\(", f"step_kernel_{i}(", source) for i, source in enumerate(sources))
 
-    def lines(calls):
+    def pointer(kind: str, slot_offset: tuple[int, int]) -> str:
+        slot, offset = slot_offset
+        return f"({kind})(base[{slot}] + t * stride[{slot}] + {offset})"
+
+    def lines(calls) -> str:
         out = []
-        for i, arguments in calls:
-            if len(arguments) != len(parameter_types[i]):
+        for kind, called, arguments in calls:
+            if kind == "gemm":
+                g: Gemm = called
+                scalar, which = ("float", 0) if g.dtype == torch.float32 else ("double", 1)
+                bias = "nullptr" if g.bias is None else pointer("const char*", arguments["bias"])
+                out.append(f"        matmul<{scalar}>(gemm[{which}], {g.m}, {g.n}, {g.k}, {g.alpha!r}, "
+                           f"{pointer('const char*', arguments['a'])}, {str(g.a_layout[0]).lower()}, {g.a_layout[1]}, "
+                           f"{pointer('const char*', arguments['b'])}, {str(g.b_layout[0]).lower()}, {g.b_layout[1]}, "
+                           f"{g.beta!r}, {pointer('char*', arguments['out'])}, {g.ldc}, {bias}, {g.bias_strides[0]}, {g.bias_strides[1]});")
+                continue
+            if len(arguments) != len(parameter_types[called]):
                 raise Unsupported("a kernel called with another number of arguments than it takes")
-            pointers = ", ".join(f"({kind})(base[{slot}] + t * stride[{slot}] + {offset})"
-                                 for kind, (slot, offset) in zip(parameter_types[i], arguments))
-            out.append(f"        step_kernel_{i}({pointers});")
+            pointers = ", ".join(pointer(kind_, slot) for kind_, slot in zip(parameter_types[called], arguments))
+            out.append(f"        step_kernel_{called}({pointers});")
         return "\n".join(out)
 
     return _TEMPLATE.format(kernels=kernels, forward=lines(forward), backward=lines(backward), leaves=leaves)
@@ -250,15 +346,26 @@ class StepLoops:
 
         self.forward_slots: list[Slot] = []
         self.backward_slots: list[Slot] = []
-        sources = sorted({source for source, _ in forward.calls} | {source for source, _ in backward.calls})
-        forward_calls = [(sources.index(s), [self._forward_argument(p) for p in places]) for s, places in forward.calls]
-        backward_calls = [(sources.index(s), [self._backward_argument(p, backward_arguments) for p in places])
-                          for s, places in backward.calls]
+        sources = sorted({call[0] for call in (*forward.calls, *backward.calls) if not isinstance(call, Gemm)})
+
+        def calls(recording: Recording, argument: Callable[[Place], tuple[int, int]]) -> list:
+            return [("gemm", c, {name: argument(getattr(c, name)) for name in ("a", "b", "out", "bias") if getattr(c, name)})
+                    if isinstance(c, Gemm) else ("kernel", sources.index(c[0]), [argument(p) for p in c[1]])
+                    for c in recording.calls]
+
+        forward_calls = calls(forward, self._forward_argument)
+        backward_calls = calls(backward, lambda p: self._backward_argument(p, backward_arguments))
+        dtypes = {c.dtype for c in (*forward.calls, *backward.calls) if isinstance(c, Gemm)}
+        from longshort.native import gemm_address
+
+        self.gemms = (ctypes.c_void_p * 2)(*(gemm_address(d) for d in (torch.float32, torch.float64)))
+        if any(self.gemms[d == torch.float64] is None for d in dtypes):
+            raise Unsupported("a matmul, and torch's library exports no BLAS gemm to call")
         from torch._inductor.codecache import CppCodeCache
 
         self.library = CppCodeCache.load(_library_source(sources, forward_calls, backward_calls, leaves))
         addresses, sizes, mask = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p
-        arguments = [ctypes.c_int64, addresses, sizes, mask, ctypes.c_int64, addresses, sizes, sizes]
+        arguments = [ctypes.c_int64, addresses, sizes, mask, ctypes.c_int64, addresses, sizes, sizes, addresses]
         self.library.forward_steps.argtypes, self.library.backward_steps.argtypes = arguments, [*arguments, addresses]
         for function in (self.library.forward_steps, self.library.backward_steps):
             function.restype = None
@@ -333,7 +440,7 @@ class StepLoops:
         mask = None if step_mask is None else step_mask.contiguous()
         self.library.forward_steps(
             ctypes.c_int64(T), *slots, _address(mask), ctypes.c_int64(B), *_pointer_arrays([_rows(s) for s in states]),
-            (ctypes.c_int64 * max(self.leaves, 1))(*(s[0].nbytes for s in states)),
+            (ctypes.c_int64 * max(self.leaves, 1))(*(s[0].nbytes for s in states)), self.gemms,
         )
         y_kind, y_j, y_offset = recording.outputs[0]
         y = self._view(arrays[y_j], self.forward_rows[y_j], 1, y_offset, T, recording.layouts[0])
@@ -362,7 +469,7 @@ class StepLoops:
         passed = [torch.empty_like(c[0]) for c in cotangents] if mask is not None else []
         self.library.backward_steps(
             ctypes.c_int64(T), *slots, _address(mask), ctypes.c_int64(B), *_pointer_arrays([_rows(c) for c in cotangents]),
-            (ctypes.c_int64 * max(self.leaves, 1))(*(c[0].nbytes for c in cotangents)),
+            (ctypes.c_int64 * max(self.leaves, 1))(*(c[0].nbytes for c in cotangents)), self.gemms,
             (ctypes.c_void_p * max(self.leaves, 1))(*(p.data_ptr() for p in passed)),
         )
         return [c[1:] for c in cotangents], [c[0] for c in cotangents]

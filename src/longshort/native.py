@@ -139,7 +139,7 @@ def enabled() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_address(dtype: torch.dtype) -> Optional[int]:
+def gemm_address(dtype: torch.dtype) -> Optional[int]:
     """The address of torch's own BLAS gemm for `dtype` (MKL's, in libtorch_cpu), or None where it exports none."""
     try:
         blas = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
@@ -152,7 +152,7 @@ def loop_kernels(dtype: torch.dtype) -> Optional[LoopKernels]:
     """The C loops for `dtype`, or None where they do not run (see `status`)."""
     suffix = SUFFIXES.get(dtype)
     library = _library_or_none() if enabled() and suffix is not None else None
-    gemm = _gemm_address(dtype) if library is not None else None
+    gemm = gemm_address(dtype) if library is not None else None
     return None if gemm is None else _kernels(library, suffix, gemm)
 
 
@@ -195,6 +195,6 @@ def status() -> str:
         return "torch ops: LONGSHORT_NATIVE=0"
     if _library_or_none() is None:
         return f"torch ops: the C version could not be built ({_failure})"
-    if _gemm_address(torch.float32) is None:
+    if gemm_address(torch.float32) is None:
         return f"torch ops: torch's library exports no BLAS gemm ({GEMMS[torch.float32]}) for the C loops to call"
     return f"C ({_library.path})"
