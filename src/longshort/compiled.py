@@ -49,14 +49,16 @@ compiles into a loop of its own, fused with the elementwise math around it: a cu
 at B = 1, H = 256 trains in 6.9 ms instead of 10.7 (side by side). (Where Inductor cannot
 compile, the traced multiply-and-sum runs as torch ops, slower than the matmul it replaces.)
 
-Looped in C. Where the compiled step is kernels alone (at these small batches it is: its
-matmuls are reductions in them), calling it from Python a step at a time costs more than its
-arithmetic: 6.6 us a step forward at B = 1, H = 64, mostly the wrapper's allocations.
-`compiled_loops` records what the wrapper does once and compiles the step's kernels again with
-both loops over time around them, in C++: side by side, a custom LSTM cell at B = 1, H = 64
-trains in 1.3 ms instead of 2.3 (the fused LSTM: 0.8), at H = 256 in 7.1 instead of 9.3 (7.2). Where a step is not kernels alone (a matmul at B > 4 is a call of
-torch's BLAS), or the loops do not reproduce its wrapper, it is called a step at a time as
-before (logged, with the reason; `STEP_LOOPS_IN_C = False` turns the loops off).
+Looped in C++. Calling the compiled step from Python each step costs more than its arithmetic at
+small shapes (6.6 us a step forward at B = 1, H = 64, mostly the wrapper's allocations; a matmul
+through torch's dispatcher 27-30 us at B = 32, H = 64). `compiled_loops` records what the
+wrapper does once and compiles the step's kernels again with both loops over time around them,
+in C++, calling the matmuls through torch's BLAS: side by side, a custom LSTM cell trains in
+1.3 ms instead of 2.3 at B = 1, H = 64 (the fused LSTM: 0.8), 7.1 instead of 9.3 at B = 1,
+H = 256 (7.2), 8.9 instead of 11.5 at B = 32, H = 64 (6.3). Where a step does something else (an
+ATen op Inductor does not generate code for), or the loops do not reproduce its wrapper, it is
+called a step at a time as before (logged, with the reason; `STEP_LOOPS_IN_C = False` turns the
+loops off).
 
 Compiling takes seconds; it happens at the first call for each batch size, dtype and
 train/eval mode (kept per layer, and by Inductor on disk, so a later process compiles
@@ -91,7 +93,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("longshort")
 
 Call = Callable[[list[Tensor]], Sequence[Tensor]]  # a graph in Inductor's calling convention: a list in, outputs out
-STEP_LOOPS_IN_C = True  # loop the compiled step's kernels over time in C where it is kernels alone (`compiled_loops`)
+STEP_LOOPS_IN_C = True  # loop the compiled step over time in C++ where its wrapper calls only kernels and matmuls (`compiled_loops`)
 MATRIX_VECTOR_ROWS = 4  # up to this batch the step's matmuls compile as reductions (B=4, H=256: 22 ms instead of 29; as fast at 8)
 
 
@@ -135,7 +137,7 @@ class CompiledStep:
     backward_arguments: list[tuple[str, int]]  # the backward's inputs in order: ("saved", k) or ("cotangent", k)
     state_leaves: int  # how many tensors the state holds
     seconds: float  # how long tracing and compiling took
-    loops: Optional["StepLoops"] = None  # the two looped over time in C, where the step is kernels alone (`compiled_loops`)
+    loops: Optional["StepLoops"] = None  # the two looped over time in C++, where they can be (`compiled_loops`)
 
     def step_backward(self, saved: Sequence[Tensor], cotangents: Sequence[Tensor]) -> Sequence[Tensor]:
         """dL/ds_{t-1} of each state tensor, from the step's saved values and its outputs' cotangents."""
@@ -499,7 +501,7 @@ def _inductor_compile(graph: torch.fx.GraphModule, example: list[Tensor]) -> Cal
 
 def _step_loops(forward_call: Call, example: list[Tensor], backward_call: Call, arguments: list[tuple[str, int]],
                 n_tensors: int, leaves: int, who: str) -> Optional["StepLoops"]:
-    """The step's compiled forward and backward looped over time in C (`compiled_loops`), or None:
+    """The step's compiled forward and backward looped over time in C++ (`compiled_loops`), or None:
     they keep running one wrapper call a step (logged, with the reason)."""
     if not STEP_LOOPS_IN_C:
         return None
@@ -612,7 +614,7 @@ class _CompiledRecurrence(torch.autograd.Function):
         n = run.step.state_leaves
         state, tensors = list(leaves_and_tensors[:n]), list(leaves_and_tensors[n:])
         ctx.run = run
-        if run.step.loops is not None:  # the whole loop in C (`compiled_loops`)
+        if run.step.loops is not None:  # the whole loop in C++ (`compiled_loops`)
             ctx.loop_run = run.step.loops.forward(tensors, inputs, state, run.step_mask)
             y, *new_states = ctx.loop_run.outputs  # each (T, B, ...): views of the loop's arrays, copied out
             outputs = y.clone() if run.step_mask is None else _masked(y, run.step_mask)

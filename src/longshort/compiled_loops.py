@@ -1,17 +1,18 @@
-"""The compiled step's kernels, looped over time in C.
+"""The compiled step looped over time in C++.
 
-Where a step compiles to C++ kernels alone (at B <= `MATRIX_VECTOR_ROWS` its matmuls are
-reductions fused into them; at larger batches a matmul is a call of torch's BLAS from the
-wrapper, and this module stands aside), the Python wrapper TorchInductor generates for the step
-does three things: it allocates the step's buffers, calls the kernels with their addresses, and
-returns some of the buffers. At B = 1, H = 64 that costs about 6.6 us a step forward, where the
-kernel's arithmetic takes about 1.
+The Python wrapper TorchInductor generates for a step does three things: it allocates the step's
+buffers, calls the step's C++ kernels and matmuls (torch's BLAS, `extern_kernels.mm` / `addmm`)
+with them, and returns some of the buffers. Called once a step from Python, that costs more than
+the arithmetic at small shapes: at B = 1, H = 64 about 6.6 us a step forward, where the kernel
+takes about 1; at B = 32, H = 64 a matmul through torch's dispatcher takes 27-30 us, the BLAS
+call itself about half.
 
-Here the wrapper runs once, on copies of example inputs, with its kernels and its allocations
-recorded, and each address a kernel was handed is traced to the input or the buffer it points
-into. The kernels' own source (the .cpp files Inductor compiled them from) is compiled again, by
-Inductor's `CppCodeCache` with Inductor's flags, into one library together with a loop over
-time that hands step t its addresses:
+Here the wrapper runs once, on copies of example inputs, with its kernels, matmuls and
+allocations recorded, and each address they were handed is traced to the input or the buffer it
+points into. The kernels' own source (the .cpp files Inductor compiled them from) is compiled
+again, by Inductor's `CppCodeCache` with Inductor's flags, into one library together with a loop
+over time that hands step t its addresses, calling the matmuls through torch's BLAS gemm
+(`longshort.native.gemm_address`):
 
 * a buffer the step returns (its output, its new state, the values its backward needs) gets a
   row per step in an array of T + 1 rows; a new state's buffer holds the initial state in row 0,
@@ -24,10 +25,10 @@ rows, and it reads the cotangent of its new state from the row the step after wr
 cotangent of the final state). Masks as in `compiled`'s Python loop: at a padding row the state
 is carried over, and its cotangent passes back unchanged.
 
-Anything not as expected (a call in the wrapper that is not a kernel, an argument that is not an
-address of an input or a buffer, a new state the step returns without computing it) leaves the
-step to its wrapper; so does a loop that does not reproduce the wrapper on an example, checked
-once when it is built.
+Anything not as expected (a call in the wrapper that is neither a kernel nor a matmul, an
+argument that is not an address of an input or a buffer, a new state the step returns without
+computing it) leaves the step to its wrapper; so does a loop that does not reproduce the wrapper
+on an example, checked once when it is built.
 """
 
 from __future__ import annotations
@@ -332,7 +333,7 @@ class ForwardRun:
 
 
 class StepLoops:
-    """A step's forward and backward kernels looped over time in C (see the module docstring)."""
+    """A step's forward and backward looped over time in C++ (see the module docstring)."""
 
     def __init__(self, forward: Recording, backward: Recording, backward_arguments: list[tuple[str, int]],
                  n_parameters: int, leaves: int) -> None:
