@@ -638,7 +638,7 @@ class _CompiledRecurrence(torch.autograd.Function):
             dy = dy.contiguous()
         else:  # the cotangent of each step's output is m dy_t
             dy = _masked(dy, run.step_mask)
-        if run.step.loops is not None:  # the whole loop in C
+        if run.step.loops is not None:  # the whole loop in C++
             lams, lam = run.step.loops.backward(tensors, inputs, ctx.loop_run, dy, lam, run.step_mask)
             lam = [l.clone() for l in lam]
         else:
