@@ -55,7 +55,7 @@ class _Refusing:
     """Stands in for the wrapper's other callees (torch's BLAS, ATen's fallbacks) while it is recorded."""
 
     def __getattr__(self, name: str):
-        raise Unsupported(f"the step's wrapper calls {name}, not only kernels")
+        raise Unsupported(f"the step's wrapper calls {name}, neither a kernel nor a matmul")
 
 
 @dataclass
@@ -235,6 +235,15 @@ static void matmul(void* gemm, int M, int N, int K, scalar alpha, const char* a,
                                   &scale_c, c, &ldc);
 }}
 
+/* Padding rows (mask_t[b] == 0), `row` bytes each: copied from `from` to `to`, or zeroed in `to` (from NULL). */
+static void padding_rows(const uint8_t* mask_t, int64_t B, int64_t row, char* to, const char* from) {{
+    for (int64_t b = 0; b < B; b++)
+        if (!mask_t[b]) {{
+            if (from) std::memcpy(to + b * row, from + b * row, row);
+            else std::memset(to + b * row, 0, row);
+        }}
+}}
+
 /* Step t's address of an argument: base[slot] + t * stride[slot] + offset, the offset in the call;
  * gemm = {{sgemm, dgemm}}. */
 extern "C" void forward_steps(int64_t T, char* const* base, const int64_t* stride, const uint8_t* mask,
@@ -242,12 +251,9 @@ extern "C" void forward_steps(int64_t T, char* const* base, const int64_t* strid
                               void* const* gemm) {{
     for (int64_t t = 0; t < T; t++) {{
 {forward}
-        if (!mask) continue;
-        for (int64_t l = 0; l < {leaves}; l++) {{  /* a padding row keeps the state it had */
-            int64_t row = state_bytes[l] / B;
-            char *before = state[l] + t * state_stride[l], *after = before + state_stride[l];
-            for (int64_t b = 0; b < B; b++)
-                if (!mask[t * B + b]) std::memcpy(after + b * row, before + b * row, row);
+        for (int64_t l = 0; mask && l < {leaves}; l++) {{  /* a padding row keeps the state it had */
+            char* before = state[l] + t * state_stride[l];
+            padding_rows(mask + t * B, B, state_bytes[l] / B, before + state_stride[l], before);
         }}
     }}
 }}
@@ -257,21 +263,13 @@ extern "C" void backward_steps(int64_t T, char* const* base, const int64_t* stri
                                const int64_t* cotangent_bytes, void* const* gemm, char* const* passed) {{
     for (int64_t t = T - 1; t >= 0; t--) {{
         for (int64_t l = 0; mask && l < {leaves}; l++) {{  /* a padding row's cotangent skips the step */
-            int64_t row = cotangent_bytes[l] / B;
             char* after = cotangent[l] + (t + 1) * cotangent_stride[l];
-            for (int64_t b = 0; b < B; b++)
-                if (!mask[t * B + b]) {{
-                    std::memcpy(passed[l] + b * row, after + b * row, row);
-                    std::memset(after + b * row, 0, row);
-                }}
+            padding_rows(mask + t * B, B, cotangent_bytes[l] / B, passed[l], after);
+            padding_rows(mask + t * B, B, cotangent_bytes[l] / B, after, nullptr);
         }}
 {backward}
-        for (int64_t l = 0; mask && l < {leaves}; l++) {{
-            int64_t row = cotangent_bytes[l] / B;
-            char* before = cotangent[l] + t * cotangent_stride[l];
-            for (int64_t b = 0; b < B; b++)
-                if (!mask[t * B + b]) std::memcpy(before + b * row, passed[l] + b * row, row);
-        }}
+        for (int64_t l = 0; mask && l < {leaves}; l++)
+            padding_rows(mask + t * B, B, cotangent_bytes[l] / B, cotangent[l] + t * cotangent_stride[l], passed[l]);
     }}
 }}
 """
@@ -423,26 +421,30 @@ class StepLoops:
     def _view(array: Tensor, row: int, first_row: int, offset: int, rows: int, layout) -> Tensor:
         """Rows first_row.. of `array` (bytes), at `offset` in each, as (rows, *shape) of the layout's dtype."""
         shape, stride, dtype = layout
-        size = torch.empty((), dtype=dtype).element_size()
-        return array.view(dtype).as_strided((rows, *shape), (row // size, *stride), (first_row * row + offset) // size)
+        return array.view(dtype).as_strided((rows, *shape), (row // dtype.itemsize, *stride), (first_row * row + offset) // dtype.itemsize)
+
+    @classmethod
+    def _arrays(cls, rows: dict[int, int], places: list[tuple[int, int]], layouts, T: int, row: int,
+                values: Sequence[Tensor]) -> tuple[dict[int, Tensor], list[Tensor]]:
+        """An array of T + 1 rows for each returned buffer (`rows`: its bytes a row), and each state
+        leaf's (T + 1, B, ...) view into them (`places`: its buffer and offset), row `row` set to `values`."""
+        arrays = {j: torch.empty((T + 1) * size, dtype=torch.uint8) for j, size in rows.items()}
+        views = [cls._view(arrays[j], rows[j], 0, offset, T + 1, layout) for (j, offset), layout in zip(places, layouts)]
+        for view, value in zip(views, values):
+            view[row].copy_(value)
+        return arrays, views
 
     def forward(self, parameters: Sequence[Tensor], inputs: Tensor, leaves: Sequence[Tensor],
                 step_mask: Optional[Tensor]) -> ForwardRun:
         """inputs (T, B, ...) contiguous, the initial state's leaves -> the run (y and the states as its views)."""
         T, B = inputs.shape[:2]
         recording = self.forward_recording
-        arrays = {j: torch.empty((T + 1) * row, dtype=torch.uint8) for j, row in self.forward_rows.items()}
-        states = []
-        for l, (j, offset) in enumerate(self.states):
-            state = self._view(arrays[j], self.forward_rows[j], 0, offset, T + 1, recording.layouts[1 + l])
-            state[0].copy_(leaves[l])
-            states.append(state)
+        arrays, states = self._arrays(self.forward_rows, self.states, recording.layouts[1 : 1 + self.leaves], T, 0, leaves)
         where = self._forward_places(parameters, inputs, states, arrays)
         slots, scratch = _resolve(self.forward_slots, where, recording.buffers)
         mask = None if step_mask is None else step_mask.contiguous()
         self.library.forward_steps(
-            ctypes.c_int64(T), *slots, _address(mask), ctypes.c_int64(B), *_pointer_arrays([_rows(s) for s in states]),
-            (ctypes.c_int64 * max(self.leaves, 1))(*(s[0].nbytes for s in states)), self.gemms,
+            ctypes.c_int64(T), *slots, _address(mask), ctypes.c_int64(B), *_leaf_rows(states), self.gemms,
         )
         y_kind, y_j, y_offset = recording.outputs[0]
         y = self._view(arrays[y_j], self.forward_rows[y_j], 1, y_offset, T, recording.layouts[0])
@@ -454,12 +456,7 @@ class StepLoops:
         states (T, B, ...), and of the initial state."""
         T, B = inputs.shape[:2]
         recording = self.backward_recording
-        arrays = {j: torch.empty((T + 1) * row, dtype=torch.uint8) for j, row in self.backward_rows.items()}
-        cotangents = []
-        for l, (j, offset) in enumerate(self.cotangents):
-            cotangent = self._view(arrays[j], self.backward_rows[j], 0, offset, T + 1, recording.layouts[l])
-            cotangent[T].copy_(final[l])
-            cotangents.append(cotangent)
+        arrays, cotangents = self._arrays(self.backward_rows, self.cotangents, recording.layouts[: self.leaves], T, T, final)
         where = {
             **self._forward_places(parameters, inputs, run.previous, run.arrays),  # the saved values
             "dy": lambda k: _rows(dy),
@@ -470,8 +467,7 @@ class StepLoops:
         mask = None if step_mask is None else step_mask.contiguous()
         passed = [torch.empty_like(c[0]) for c in cotangents] if mask is not None else []
         self.library.backward_steps(
-            ctypes.c_int64(T), *slots, _address(mask), ctypes.c_int64(B), *_pointer_arrays([_rows(c) for c in cotangents]),
-            (ctypes.c_int64 * max(self.leaves, 1))(*(c[0].nbytes for c in cotangents)), self.gemms,
+            ctypes.c_int64(T), *slots, _address(mask), ctypes.c_int64(B), *_leaf_rows(cotangents), self.gemms,
             (ctypes.c_void_p * max(self.leaves, 1))(*(p.data_ptr() for p in passed)),
         )
         return [c[1:] for c in cotangents], [c[0] for c in cotangents]
@@ -493,6 +489,11 @@ def _resolve(slots: Sequence[Slot], where: dict[str, Callable[[int], tuple[int, 
         else:
             pairs.append(where[kind](k))
     return _pointer_arrays(pairs), scratch
+
+
+def _leaf_rows(views: Sequence[Tensor]):
+    """Each state leaf's (T + 1, B, ...) view -> the loops' three arrays: its address, bytes a row, bytes of a row's leaf."""
+    return (*_pointer_arrays([_rows(v) for v in views]), (ctypes.c_int64 * max(len(views), 1))(*(v[0].nbytes for v in views)))
 
 
 def _pointer_arrays(pairs: Sequence[tuple[int, int]]):
