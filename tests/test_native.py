@@ -70,6 +70,40 @@ def test_c_and_torch_ops_agree(monkeypatch, dtype, masked, recurrent_dropout, ba
         torch.testing.assert_close(c_version, torch_version, atol=tol, rtol=tol)
 
 
+@pytest.mark.skipif(not CAN_BUILD or torch.get_num_threads() < 2, reason="needs cc, glibc >= 2.35 on x86-64 and two threads")
+@pytest.mark.parametrize("batch, rows_per_thread", [(2, 1), (7, 3), (11, 4)], ids=["1+1", "3+4", "5+6"])
+@pytest.mark.parametrize("layer_class, options", [
+    (ls.LSTM, {}), (ls.GRU, {}), (ls.SimpleRNN, {"activation": "tanh"}), (ls.SimpleRNN, {"activation": "relu"}),
+    (ls.LayerNormLSTM, {}), (ls.LSTM, {"peephole": True, "zoneout": 0.2}),
+], ids=["lstm", "gru", "rnn_tanh", "rnn_relu", "layer_norm", "peephole_zoneout"])
+def test_the_batch_split_between_threads_agrees_with_one_thread(monkeypatch, batch, rows_per_thread, layer_class, options):
+    """Each thread runs its rows through every step: the rows of 1 and 3 take the C file's own
+    matrix-vector products, of 4 and more gemm. Padding and recurrent dropout differ by row, so a
+    row read or written by the wrong thread, or at the wrong offset, shows."""
+    torch.manual_seed(0)
+    layer = layer_class(37, return_sequences=True, recurrent_dropout=0.3, implementation="fused", **options).double()
+    x = torch.randn(batch, 9, 11, dtype=torch.float64)
+    lengths = torch.tensor([3, 9, 1, 7, 9, 2, 8, 9, 5, 4, 6][:batch])
+    layer(x)  # builds the (lazy) layer
+    results = {}
+    for rows, threads in ((10**9, 1), (rows_per_thread, 2)):
+        monkeypatch.setattr(native, "ROWS_PER_THREAD", rows)
+        assert native.threads_for(batch) == threads
+        torch.manual_seed(1)  # the same dropout and zoneout masks
+        layer.zero_grad()
+        results[threads] = training_step(layer, x, lengths)
+    for split, whole in zip(results[2], results[1]):
+        torch.testing.assert_close(split, whole, atol=1e-12, rtol=1e-12)
+
+
+def test_threads_follow_torch_and_the_batch(monkeypatch):
+    monkeypatch.setattr(native, "ROWS_PER_THREAD", 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert [native.threads_for(batch) for batch in (1, 3, 4, 7, 8, 32)] == [1, 1, 1, 1, 2, 2]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # torch.set_num_threads(1): the caller alone
+    assert native.threads_for(32) == 1
+
+
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("masked", [False, True])

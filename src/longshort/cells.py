@@ -570,8 +570,11 @@ class LayerNormLSTMCell(LSTMCell):
     def project_input(self, x: Tensor) -> Tensor:
         """`LN_x(W_ih x)` for one step (B, F) or a whole sequence (B, T, F); the bias comes in `recur`."""
         self.check_input(x)
-        x = self._variational_dropout(x, "input")
-        return F.layer_norm(F.linear(x, self.weight_ih), (4 * self.units,), self.gain_ih, None, self.epsilon)
+        return self._input_norm(F.linear(self._variational_dropout(x, "input"), self.weight_ih))
+
+    def _input_norm(self, projected: Tensor) -> Tensor:
+        """LN_x over the last dimension (4H) of `W_ih x`, in any layout."""
+        return F.layer_norm(projected, (4 * self.units,), self.gain_ih, None, self.epsilon)
 
     def recur(self, p_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         h_prev, c_prev = state
@@ -595,8 +598,12 @@ class LayerNormLSTMCell(LSTMCell):
         return "torch's LSTM has no layer normalisation"
 
     def time_major_input(self, x: Tensor) -> Tensor:
-        p = self.project_input(x).transpose(0, 1)  # (T, B, 4H): LN_x(W_ih x_t)
-        return p if self.bias is None else p + self.bias
+        # Time-major from the matmul on (x is the narrower copy to make), so that the kernel's copy of p
+        # and LN_x's backward read their inputs in order; the bias added in place, as layer_norm's
+        # backward reads its input, not its output.
+        x = self._variational_dropout(x, "input").transpose(0, 1)  # (T, B, F)
+        p = self._input_norm(F.linear(x, self.weight_ih))  # (T, B, 4H): LN_x(W_ih x_t)
+        return p if self.bias is None else p.add_(self.bias)
 
     def layer_norm_weights(self) -> Optional[LayerNormWeights]:
         return LayerNormWeights(self.gain_hh, self.gain_c, self.shift_c, self.epsilon)

@@ -74,7 +74,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort.native import LoopKernels, address, loops_for, weight_layout
+from longshort.native import LoopKernels, address, loops_for, threads_for, weight_layout
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -198,14 +198,14 @@ def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, w_t, recurrent_mask
     """As `_forward_steps`."""
     T, B, H = n.shape
     w, transposed = weight_layout(w_t.T)  # W_hh (3H, H), stored transposed
-    kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm)
+    kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm, threads_for(B))
 
 
 def _backward_steps_in_c(kernels: LoopKernels, rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> None:
     """As `_backward_steps`."""
     T, B, three_h = rzq.shape
     w, transposed = weight_layout(weight_hh)
-    kernels.gru_backward(T, B, three_h // 3, *map(address, (rzq, dq_all, dh_all, recurrent_mask, dq_w, w)), transposed, kernels.gemm)
+    kernels.gru_backward(T, B, three_h // 3, *map(address, (rzq, dq_all, dh_all, recurrent_mask, dq_w, w)), transposed, kernels.gemm, threads_for(B))
 
 
 def gru_recurrence(

@@ -7,7 +7,8 @@ arithmetic, is most of a step. Where this module can build the C version, the ke
 (through ctypes) once for the whole forward loop and once for the backward: each step there is
 a call of torch's own BLAS gemm (MKL's `sgemm_` / `dgemm_`, found in libtorch_cpu, its address
 handed to C), or at batches up to 3 matrix-vector products of the C file's own, and one pass of
-gate math.
+gate math. From `threads_for(B)` > 1 on, each of torch's threads runs its share of the batch's
+rows through the whole loop (the rows of a recurrence never meet), its gemm on that thread alone.
 
 Building. The first process that needs it compiles the source with the C compiler (`$CC`, else
 `cc`) into `$LONGSHORT_CACHE` (default `~/.cache/longshort`), under a name that hashes the
@@ -39,7 +40,7 @@ import torch
 logger = logging.getLogger("longshort")
 
 SOURCE = Path(__file__).with_name("csrc") / "rnn_loops.c"
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -47,7 +48,8 @@ SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 class LoopKernels:
     """The C loops of one dtype (their signatures and equations: csrc/rnn_loops.c) and the gemm
     they call. Arguments: T, B, H, then the buffers' addresses (a tensor's data_ptr(), None for
-    no mask), whether the weight is stored transposed, and `gemm`."""
+    no mask), whether the weight is stored transposed, `gemm`, and the threads to split the batch
+    between (`threads_for`)."""
 
     lstm_forward: Callable[..., None]  # z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w
     lstm_backward: Callable[..., None]  # z_all, c_all, tanh_c_all, dh_outs, dc, dz_all, masks, recurrent_mask, buffer, w
@@ -60,11 +62,12 @@ class LoopKernels:
     gemm: int  # the address of torch's BLAS gemm for this dtype
 
 
-SIGNATURES = {  # after T, B, H: p a pointer, i an int64; every loop ends with w_transposed (i) and gemm (p)
+SIGNATURES = {  # after T, B, H: p a pointer, i an int64; every loop ends with w_transposed (i), gemm (p) and threads (i)
     "lstm_forward": "pppppppp", "lstm_backward": "pppppppppp", "gru_forward": "pppppp",
     "gru_backward": "pppppp", "simple_rnn_forward": "ppippp", "simple_rnn_backward": "pppppp",
     "lstm_variant_forward": "p" * 13 + "pipi" + "pppp", "lstm_variant_backward": "p" * 14 + "ppi" + "ppi" + "ppp",
 }
+ROWS_PER_THREAD = 4  # see threads_for
 GEMMS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran BLAS names, as MKL exports them from libtorch_cpu
 
 
@@ -163,10 +166,16 @@ def _kernels(library: ctypes.CDLL, suffix: str, gemm: int) -> LoopKernels:
     loops = {}
     for name, signature in SIGNATURES.items():
         loop = getattr(library, f"{name}_loop_{suffix}")
-        loop.argtypes = [types[kind] for kind in "iii" + signature + "ip"]
+        loop.argtypes = [types[kind] for kind in "iii" + signature + "ipi"]
         loop.restype = None
         loops[name] = loop
     return LoopKernels(**loops, gemm=gemm)
+
+
+def threads_for(batch: int) -> int:
+    """The threads a C loop splits a batch of `batch` rows between: torch's intra-op threads
+    (`torch.get_num_threads()`), each with at least ROWS_PER_THREAD rows; 1 is the caller alone."""
+    return max(1, min(torch.get_num_threads(), batch // ROWS_PER_THREAD))
 
 
 def loops_for(x: torch.Tensor) -> Optional[LoopKernels]:
