@@ -97,8 +97,9 @@ def test_the_batch_split_between_threads_agrees_with_one_thread(monkeypatch, bat
 
 
 def test_threads_follow_torch_and_the_batch(monkeypatch):
-    monkeypatch.setattr(native, "ROWS_PER_THREAD", 4)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert [native.threads_for(batch) for batch in (1, 2, 3, 32)] == [1, 2, 2, 2]
+    monkeypatch.setattr(native, "ROWS_PER_THREAD", 4)
     assert [native.threads_for(batch) for batch in (1, 3, 4, 7, 8, 32)] == [1, 1, 1, 1, 2, 2]
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # torch.set_num_threads(1): the caller alone
     assert native.threads_for(32) == 1

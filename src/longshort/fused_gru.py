@@ -59,7 +59,7 @@ so that a step's slice is contiguous.
 
 The loops in C. Where `longshort.native` builds `csrc/rnn_loops.c` (float32 and float64 on
 CPU), each loop is one call into C (`_forward_steps_in_c`, `_backward_steps_in_c`) with the
-same equations: a step is a call of torch's BLAS gemm (at B <= 3, matrix-vector products of
+same equations: a step is a call of torch's BLAS gemm (on up to 3 rows a thread, matrix-vector products of
 the C file's own) and one pass over the batch, with no Python in between. The torch-ops loops
 (`_forward_steps`, `_backward_steps`) are the reference: they run where the C version cannot be
 built, or with LONGSHORT_NATIVE=0, and the tests hold both to the autograd loop.

@@ -50,7 +50,7 @@ returned is allocated before it, so none comes out as an inference tensor.
 The loops in C. Where `longshort.native` can build `csrc/rnn_loops.c` (float32 and float64 on
 CPU), each loop is one call into C instead of the torch ops below (`_forward_steps_in_c`,
 `_backward_steps_in_c`): a step there is a call of torch's own BLAS gemm for the recurrent
-matmul (at B <= 3, matrix-vector products of the C file's own) and one pass of gate math, with
+matmul (on up to 3 rows a thread, matrix-vector products of the C file's own) and one pass of gate math, with
 no Python in between. The C backward computes the factors above from the saved gates as it
 goes, so it needs no precomputed factors. The torch-ops loops (`_forward_steps`,
 `_backward_steps`) are the reference: they run where the C version cannot be built, or with

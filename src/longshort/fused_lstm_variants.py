@@ -64,7 +64,7 @@ op); what they keep or return is allocated before them.
 
 The loops in C. Where `longshort.native` builds csrc/rnn_loops.c, each loop is one call into C
 (`_forward_steps_in_c`, `_backward_steps_in_c`) with the same equations, a step there being a
-gemm (matrix-vector products of the C file's own at B <= 3) and passes over each row of the batch (the layer norms'
+gemm (matrix-vector products of the C file's own on up to 3 rows a thread) and passes over each row of the batch (the layer norms'
 means and variances included); the factors above are still computed with torch ops for all
 steps at once. The torch-ops loops in `LSTMVariantRecurrence` are the reference and the fallback
 (LONGSHORT_NATIVE=0), and the tests run both.

@@ -39,7 +39,7 @@ time-major, so that a step's slice is contiguous.
 
 The loops in C. As the GRU's (`fused_gru`, `longshort.native`): where csrc/rnn_loops.c builds,
 `_forward_steps_in_c` and `_backward_steps_in_c` run each loop in one call, a step there being a
-gemm (matrix-vector products of the C file's own at B <= 3) and one pass of the activation or of `da *= dh`; the
+gemm (matrix-vector products of the C file's own on up to 3 rows a thread) and one pass of the activation or of `da *= dh`; the
 torch-ops loops above them are the reference and the fallback (LONGSHORT_NATIVE=0).
 """
 
