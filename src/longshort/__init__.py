@@ -34,6 +34,7 @@ from longshort.wrappers import Bidirectional, Dense, Sequential, TimeDistributed
 from longshort import export  # ls.export.to_onnx, to_torchscript, exportable
 from longshort import memory  # ls.memory.hold_freed_memory(): malloc keeps freed memory for the next step
 from longshort import native  # ls.native.status(): the fused LSTM's loops in C, or why torch ops
+from longshort import workspace  # ls.workspace.clear(): let the fused kernels' kept buffers go
 
 __version__ = "0.1.0"
 
@@ -91,4 +92,5 @@ __all__ = [
     "train_char_model",
     "train_forecaster",
     "train_step",
+    "workspace",
 ]

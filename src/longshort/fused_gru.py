@@ -74,6 +74,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from longshort import workspace
 from longshort.native import LoopKernels, address, loops_for, threads_for, weight_layout
 
 
@@ -87,8 +88,8 @@ class GRURecurrence(torch.autograd.Function):
         B, T, three_h = p.shape
         H = three_h // 3
         p_steps = p.transpose(0, 1)  # (T, B, 3H), a view: only read
-        n = p_steps[..., 2 * H :].clone(memory_format=torch.contiguous_format)  # (T, B, H) p_n, becomes n
-        rzq = p.new_empty(T, B, three_h)  # p_r + b_hr, p_z + b_hz, b_hn; becomes r, z, q_n
+        n = workspace.empty(p, T, B, H).copy_(p_steps[..., 2 * H :])  # (T, B, H) p_n, becomes n
+        rzq = workspace.empty(p, T, B, three_h)  # p_r + b_hr, p_z + b_hz, b_hn; becomes r, z, q_n
         rz = rzq[..., : 2 * H]  # (T, B, 2H)
         if bias_hh is None:
             rz.copy_(p_steps[..., : 2 * H])
@@ -103,7 +104,7 @@ class GRURecurrence(torch.autograd.Function):
             n.masked_fill_(skip, 0.0)
             z.masked_fill_(skip, float("inf"))  # z = sigmoid(inf + q_z) = 1 exactly
         w_t = weight_hh.T.contiguous()  # (H, 3H), row-major
-        h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
+        h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         h_all[0] = h0
         h_in = None if recurrent_mask is None else p.new_empty(B, H)
         kernels = loops_for(p)
@@ -127,12 +128,12 @@ class GRURecurrence(torch.autograd.Function):
         # The factors of the derivation that do not depend on dh: all steps at once.
         one_minus_z = 1 - z  # (T, B, H)
         da_n_per_dh = (1 - n * n).mul_(one_minus_z)  # (1 - z) (1 - n^2)
-        dq_all = rzq.new_empty(T, B, 3, H)  # dq / dh for the gates r, z, n; becomes dq, then dp
+        dq_all = workspace.empty(rzq, T, B, 3, H)  # dq / dh for the gates r, z, n; becomes dq, then dp
         dq_r, dq_z, dq_n = dq_all.unbind(dim=2)  # each (T, B, H)
         torch.mul(da_n_per_dh, r, out=dq_n)  # (1 - z) (1 - n^2) r
         torch.mul(dq_n, q_n, out=dq_r).mul_(1 - r)  # (1 - z) (1 - n^2) r q_n (1 - r)
         torch.sub(h_prev, n, out=dq_z).mul_(z).mul_(one_minus_z)  # (h_prev - n) z (1 - z)
-        dh_all = h_all.new_empty(T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
+        dh_all = workspace.empty(h_all, T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
         dh_all[0] = 0
         if dy is None:
             dh_all[1:] = 0

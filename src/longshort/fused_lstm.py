@@ -47,6 +47,10 @@ both loops run under `torch.inference_mode()` (they record nothing for autograd,
 mode skips the dispatcher's autograd layer). Every tensor a loop writes that is kept or
 returned is allocated before it, so none comes out as an inference tensor.
 
+Buffers. The large ones (the gates and states kept, dz, dh) come from `longshort.workspace`,
+which hands a buffer out again once nothing holds it: the next call finds its pages already
+mapped instead of page-faulting them in again (as do the other fused kernels).
+
 The loops in C. Where `longshort.native` can build `csrc/rnn_loops.c` (float32 and float64 on
 CPU), each loop is one call into C instead of the torch ops below (`_forward_steps_in_c`,
 `_backward_steps_in_c`): a step there is a call of torch's own BLAS gemm for the recurrent
@@ -66,6 +70,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from longshort import workspace
 from longshort.native import LoopKernels, address, loops_for, threads_for, weight_layout
 
 
@@ -77,11 +82,11 @@ class LSTMRecurrence(torch.autograd.Function):
         T, B, four_h = p.shape
         H = four_h // 4
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
-        z_all = p.clone(memory_format=torch.contiguous_format)  # (T, B, 4H), becomes the activated gates
-        h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
-        c_all = p.new_empty(T + 1, B, H)
+        z_all = workspace.empty(p, T, B, four_h).copy_(p)  # (T, B, 4H), becomes the activated gates
+        h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
+        c_all = workspace.empty(p, T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
-        tanh_c_all = p.new_empty(T, B, H)  # tanh(c) of every step, kept for the backward
+        tanh_c_all = workspace.empty(p, T, B, H)  # tanh(c) of every step, kept for the backward
         masks = None if step_mask is None else step_mask.transpose(0, 1).contiguous()  # (T, B) bool
         kernels = loops_for(p)
         with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
@@ -99,8 +104,8 @@ class LSTMRecurrence(torch.autograd.Function):
         z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask = ctx.saved_tensors
         T, B, four_h = z_all.shape
         H = four_h // 4
-        dz_all = torch.empty_like(z_all)  # (T, B, 4H)
-        dh_outs = dy.new_empty(T + 1, B, H)  # dh_outs[t + 1]: dL/dh_t from y_t, and from step t + 1 once it is done
+        dz_all = workspace.empty(z_all, T, B, four_h)  # (T, B, 4H)
+        dh_outs = workspace.empty(dy, T + 1, B, H)  # dh_outs[t + 1]: dL/dh_t from y_t, and from step t + 1 once it is done
         dh_outs[0] = 0  # ends as dL/dh_0
         if masks is None:
             dh_outs[1:] = dy

@@ -78,6 +78,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from longshort import workspace
 from longshort.native import LoopKernels, address, loops_for, threads_for, weight_layout
 
 
@@ -148,13 +149,13 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         (hold_h, rate_h), (hold_c, rate_c) = _hold(keep_h, masks), _hold(keep_c, masks)
         carry_h, carry_c = hold_h is not None or rate_h is not None, hold_c is not None or rate_c is not None
         zoned_c = isinstance(keep_c, Tensor) or rate_c is not None
-        z_all = p.clone(memory_format=torch.contiguous_format)  # (T, B, 4H), becomes the activated gates
+        z_all = workspace.empty(p, T, B, four_h).copy_(p)  # (T, B, 4H), becomes the activated gates
         w_t = weight_hh.T.contiguous()  # (H, 4H); a contiguous copy: torch's per-step matmul runs about 1.4-2x faster, and the C loop's at B = 1
-        h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t
-        c_all = p.new_empty(T + 1, B, H)
+        h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
+        c_all = workspace.empty(p, T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
-        c_new_all = p.new_empty(T, B, H) if zoned_c else c_all[1:]  # c before zoneout, for dw_co
-        tanh_n_all = p.new_empty(T, B, H)
+        c_new_all = workspace.empty(p, T, B, H) if zoned_c else c_all[1:]  # c before zoneout, for dw_co
+        tanh_n_all = workspace.empty(p, T, B, H)
         w_cif = torch.stack([w_ci, w_cf]) if peephole else None  # (2, H)
         kernels = loops_for(p)
         if kernels is not None:  # the same loop in C (longshort.native)
@@ -222,17 +223,17 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         i, f, g, o = z_all.split(H, dim=2)  # each (T, B, H)
         c_prev = c_all[:-1]
         # The factors of the derivation that do not depend on dh, dc: all steps at once.
-        dz_o_per_dh = _sigmoid_slope(o).mul_(tanh_n)  # (T, B, H)
-        dn_per_dh = _tanh_slope(tanh_n).mul_(o)
+        dz_o_per_dh = _sigmoid_slope(o, out=workspace.empty(o, T, B, H)).mul_(tanh_n)  # (T, B, H)
+        dn_per_dh = _tanh_slope(tanh_n, out=workspace.empty(o, T, B, H)).mul_(o)
         dc_per_dh = dn_per_dh
         if ln:
             chat, _, rsig_c = torch.native_layer_norm(c_new, (H,), None, None, ctx.eps)  # (T, B, H), (T, B, 1)
-            c_sums_per_dh = z_all.new_empty(T, B, 2, H)  # [d; d c^] / dh with d = dc^ / s_c
+            c_sums_per_dh = workspace.empty(z_all, T, B, 2, H)  # [d; d c^] / dh with d = dc^ / s_c
             dc_per_dh = torch.mul(dn_per_dh, gain_c, out=c_sums_per_dh[:, :, 0]).mul_(rsig_c)
             torch.mul(dc_per_dh, chat, out=c_sums_per_dh[:, :, 1])
         if peephole:
             dc_per_dh = torch.addcmul(dc_per_dh, dz_o_per_dh, w_co)
-        dz_ifg_per_dc = z_all.new_empty(T, B, 3, H)
+        dz_ifg_per_dc = workspace.empty(z_all, T, B, 3, H)
         _sigmoid_slope(i, out=dz_ifg_per_dc[:, :, 0]).mul_(g)  # g i (1 - i)
         _sigmoid_slope(f, out=dz_ifg_per_dc[:, :, 1]).mul_(c_prev)  # c_prev f (1 - f)
         _tanh_slope(g, out=dz_ifg_per_dc[:, :, 2]).mul_(i)  # i (1 - g^2)
@@ -243,9 +244,9 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         rate_h, rate_c = ctx.rates
         (u_h, v_h), (u_c, v_c) = _shares(hold_h, rate_h, z_all), _shares(hold_c, rate_c, z_all)
 
-        dz_all = torch.empty_like(z_all)  # (T, B, 4H): i, f, g scale with dc and sit side by side, then o
-        dq_all = torch.empty_like(z_all) if ln else dz_all
-        dh_outs = dy.new_empty(T + 1, B, H)  # dh_outs[t + 1] is dh_out of step t, dh_outs[0] ends as dL/dh0
+        dz_all = workspace.empty(z_all, T, B, four_h)  # (T, B, 4H): i, f, g scale with dc and sit side by side, then o
+        dq_all = workspace.empty(z_all, T, B, four_h) if ln else dz_all
+        dh_outs = workspace.empty(dy, T + 1, B, H)  # dh_outs[t + 1] is dh_out of step t, dh_outs[0] ends as dL/dh0
         dh_outs[0] = 0
         if masks is None:
             dh_outs[1:] = dy
@@ -334,7 +335,7 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, c_new_all, ta
     eps = 0.0
     if layer_norm is not None:
         gain_hh, gain_c, shift_c, eps = layer_norm
-        qhat, rsig_q, q = z_all.new_empty(T, B, four_h), z_all.new_empty(T, B, 1), z_all.new_empty(B, four_h)
+        qhat, rsig_q, q = workspace.empty(z_all, T, B, four_h), z_all.new_empty(T, B, 1), z_all.new_empty(B, four_h)
     params = torch.tensor([rate_h or 0.0, rate_c or 0.0, eps], dtype=z_all.dtype)
     w, transposed = weight_layout(weight_hh)
     buffer = None if recurrent_mask is None else z_all.new_empty(B, H)

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from longshort import workspace
 from longshort.native import LoopKernels, address, loops_for, threads_for, weight_layout
 
 _ACTIVATIONS = {"tanh": torch.tanh_, "relu": torch.relu_}
@@ -66,7 +67,7 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         if nonlinearity not in _ACTIVATIONS:
             raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
         B, T, H = p.shape
-        h_all = p.new_empty(T + 1, B, H)  # h_all[t + 1] is the carried h after step t; p_t until then
+        h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t; p_t until then
         h_all[0], h_all[1:] = h0, p.transpose(0, 1)
         h_in = None if recurrent_mask is None else p.new_empty(B, H)
         masks = None if step_mask is None else step_mask.T.contiguous().unsqueeze(-1)  # (T, B, 1) bool, contiguous as the C loops read it
@@ -94,7 +95,7 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         da_all = 1 - h * h if ctx.nonlinearity == "tanh" else h.sign()  # (T, B, H)
         if masks is not None:
             da_all.mul_(masks)
-        dh_all = h_all.new_empty(T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
+        dh_all = workspace.empty(h_all, T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
         dh_all[0] = 0
         if dy is None:
             dh_all[1:] = 0
