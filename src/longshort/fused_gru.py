@@ -125,13 +125,15 @@ class GRURecurrence(torch.autograd.Function):
         H = three_h // 3
         r, z, q_n = rzq.split(H, dim=2)  # each (T, B, H)
         h_prev = h_all[:-1]
-        # The factors of the derivation that do not depend on dh: all steps at once.
-        one_minus_z = 1 - z  # (T, B, H)
-        da_n_per_dh = (1 - n * n).mul_(one_minus_z)  # (1 - z) (1 - n^2)
+        # The factors of the derivation that do not depend on dh: all steps at once, into buffers
+        # of the workspace (each (T, B, H)).
+        one = rzq.new_ones(())
+        one_minus_z = torch.sub(one, z, out=workspace.empty(z, T, B, H))
+        da_n_per_dh = torch.addcmul(one, n, n, value=-1, out=workspace.empty(z, T, B, H)).mul_(one_minus_z)  # (1 - z) (1 - n^2)
         dq_all = workspace.empty(rzq, T, B, 3, H)  # dq / dh for the gates r, z, n; becomes dq, then dp
         dq_r, dq_z, dq_n = dq_all.unbind(dim=2)  # each (T, B, H)
         torch.mul(da_n_per_dh, r, out=dq_n)  # (1 - z) (1 - n^2) r
-        torch.mul(dq_n, q_n, out=dq_r).mul_(1 - r)  # (1 - z) (1 - n^2) r q_n (1 - r)
+        torch.mul(dq_n, q_n, out=dq_r).mul_(torch.sub(one, r, out=workspace.empty(z, T, B, H)))  # (1 - z) (1 - n^2) r q_n (1 - r)
         torch.sub(h_prev, n, out=dq_z).mul_(z).mul_(one_minus_z)  # (h_prev - n) z (1 - z)
         dh_all = workspace.empty(h_all, T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
         dh_all[0] = 0

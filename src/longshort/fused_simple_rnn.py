@@ -92,7 +92,11 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         h_prev, h = h_all[:-1], h_all[1:]  # each (T, B, H)
         # act'(a) for all steps at once; it becomes da. At a masked step h is h_prev, but m zeroes it.
         # (relu: h >= 0 at a real step, so sign(h) is [h > 0].)
-        da_all = 1 - h * h if ctx.nonlinearity == "tanh" else h.sign()  # (T, B, H)
+        da_all = workspace.empty(h, T, B, H)
+        if ctx.nonlinearity == "tanh":
+            torch.addcmul(h.new_ones(()), h, h, value=-1, out=da_all)  # 1 - h^2
+        else:
+            torch.sign(h, out=da_all)
         if masks is not None:
             da_all.mul_(masks)
         dh_all = workspace.empty(h_all, T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
