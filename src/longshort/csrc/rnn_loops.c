@@ -479,7 +479,22 @@ double tanh(double) __attribute__((simd("notinbranch")));
         _Pragma("omp simd reduction(+ : sum)") for (int64_t k = 0; k < N; k++) sum += (x[k] - mean) * (x[k] - mean); \
         return 1 / SQRT(sum / N + eps);                                                                \
     }                                                                                                  \
-    /* the carried state: prev where held, else new (zoned out against prev at a rate) */             \
+    /* x *= share, and y += share x, for a share of width H (one per unit) or 1 (one per row): two     \
+     * loops each, so that both are vectorised (an index j * step is not) */                           \
+    static void scale_##suffix(int64_t H, scalar *restrict x, const scalar *restrict share, int64_t width) { \
+        if (width == 1)                                                                                \
+            for (int64_t j = 0; j < H; j++) x[j] *= share[0];                                          \
+        else                                                                                           \
+            for (int64_t j = 0; j < H; j++) x[j] *= share[j];                                          \
+    }                                                                                                  \
+    static void add_scaled_##suffix(int64_t H, scalar *restrict y, const scalar *restrict x,           \
+                                    const scalar *restrict share, int64_t width) {                     \
+        if (width == 1)                                                                                \
+            for (int64_t j = 0; j < H; j++) y[j] += share[0] * x[j];                                   \
+        else                                                                                           \
+            for (int64_t j = 0; j < H; j++) y[j] += share[j] * x[j];                                   \
+    }                                                                                                  \
+    /* the carried state: prev where held, else new (zoned out against prev at a rate) */              \
     static void carry_##suffix(int64_t H, const scalar *new_, const scalar *restrict prev, scalar *out, \
                                const uint8_t *restrict hold, int64_t width, scalar rate) {                      \
         for (int64_t j = 0; j < H; j++) {                                                              \
@@ -561,7 +576,6 @@ double tanh(double) __attribute__((simd("notinbranch")));
      * and u_c, v_c (T, B, c_width), width H or 1, the shares of the new and previous value in each  \
      * carried state, or NULL (u = 1). */                                                            \
     static void lstm_variant_backward_rows_##suffix(VARIANT_BACKWARD_PARAMETERS(scalar), int64_t b0, int64_t b1) { \
-        const int64_t h_step = h_width == 1 ? 0 : 1, c_step = c_width == 1 ? 0 : 1; /* along j */      \
         for (int64_t t = T - 1; t >= 0; t--) {                                                         \
             scalar *dz = dz_all + t * B * 4 * H, *dq = dq_all + t * B * 4 * H;                         \
             scalar *dh_out = dh_outs + (t + 1) * B * H, *dh_prev = dh_outs + t * B * H;                \
@@ -569,13 +583,13 @@ double tanh(double) __attribute__((simd("notinbranch")));
                 const int64_t at = (t * B + b) * H; /* row b of step t in a (T, B, H) factor */        \
                 scalar *restrict dh = scratch + b * 3 * H, *restrict dc_b = dh + H, *restrict dc_next = dh + 2 * H; \
                 scalar *restrict dz_b = dz + b * 4 * H, *restrict dc_state = dc + b * H;               \
-                const scalar *u_hb = u_h ? u_h + (t * B + b) * h_width : NULL;                         \
-                const scalar *u_cb = u_c ? u_c + (t * B + b) * c_width : NULL;                         \
-                const scalar *v_cb = v_c ? v_c + (t * B + b) * c_width : NULL;                         \
+                const scalar *restrict dz_o_per_dh_b = dz_o_per_dh + at, *restrict dc_per_dh_b = dc_per_dh + at; \
+                for (int64_t j = 0; j < H; j++) dh[j] = dh_out[b * H + j], dc_b[j] = dc_state[j];      \
+                if (u_h) scale_##suffix(H, dh, u_h + (t * B + b) * h_width, h_width); /* dh = u_h dh_out */ \
+                if (u_c) scale_##suffix(H, dc_b, u_c + (t * B + b) * c_width, c_width); /* u_c dc_state */ \
                 for (int64_t j = 0; j < H; j++) {                                                      \
-                    dh[j] = u_hb ? dh_out[b * H + j] * u_hb[j * h_step] : dh_out[b * H + j];           \
-                    dz_b[3 * H + j] = dh[j] * dz_o_per_dh[at + j];                                     \
-                    dc_b[j] = (u_cb ? dc_state[j] * u_cb[j * c_step] : dc_state[j]) + dh[j] * dc_per_dh[at + j]; \
+                    dz_b[3 * H + j] = dh[j] * dz_o_per_dh_b[j];                                        \
+                    dc_b[j] += dh[j] * dc_per_dh_b[j];                                                 \
                 }                                                                                      \
                 if (c_sums_per_dh) { /* LN_c's mean terms: dc -= [mean d, mean d c^] [1; c^] */        \
                     const scalar *restrict d = c_sums_per_dh + (t * B + b) * 2 * H, *restrict d_chat = d + H; \
@@ -592,17 +606,15 @@ double tanh(double) __attribute__((simd("notinbranch")));
                     _Pragma("omp simd reduction(+ : sum)") for (int64_t k = 0; k < 4 * H; k++) dq_b[k] = dz_b[k] * gain_hh[k], sum += dq_b[k] * qhat[k]; \
                     for (int64_t k = 0; k < 4 * H; k++) dq_b[k] = (dq_b[k] - sum / (4 * H) * qhat[k]) * rsig; \
                 }                                                                                      \
-                for (int64_t j = 0; j < H; j++)                                                        \
-                    dc_next[j] = dc_b[j] * dc_prev_per_dc[at + j] + (v_cb ? dc_state[j] * v_cb[j * c_step] : 0); \
+                const scalar *restrict dc_prev_per_dc_b = dc_prev_per_dc + at;                         \
+                for (int64_t j = 0; j < H; j++) dc_next[j] = dc_b[j] * dc_prev_per_dc_b[j];            \
+                if (v_c) add_scaled_##suffix(H, dc_next, dc_state, v_c + (t * B + b) * c_width, c_width); \
             }                                                                                          \
             add_recurrent_gradient_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, dq, w, w_transposed, \
                                             recurrent_mask, buffer, dh_prev);                          \
             for (int64_t b = b0; b < b1; b++) {                                                        \
-                const scalar *v_hb = v_h ? v_h + (t * B + b) * h_width : NULL;                         \
-                for (int64_t j = 0; j < H; j++) {                                                      \
-                    if (v_hb) dh_prev[b * H + j] += dh_out[b * H + j] * v_hb[j * h_step];              \
-                    dc[b * H + j] = scratch[b * 3 * H + 2 * H + j];                                    \
-                }                                                                                      \
+                if (v_h) add_scaled_##suffix(H, dh_prev + b * H, dh_out + b * H, v_h + (t * B + b) * h_width, h_width); \
+                for (int64_t j = 0; j < H; j++) dc[b * H + j] = scratch[b * 3 * H + 2 * H + j];        \
             }                                                                                          \
         }                                                                                              \
     }                                                                                                  \
