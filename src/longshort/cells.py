@@ -177,7 +177,8 @@ class Cell(LazyInput):
     def reset_dropout_masks(self) -> None:
         """Forget the dropout masks; `RNN` calls this before every sequence. Call it yourself
         between sequences when you step the cell by hand."""
-        self._dropout_masks = {}
+        if self._dropout_masks:  # (setting a module attribute costs a few us, every call)
+            self._dropout_masks = {}
 
     def dropout_mask(self, kind: str, like: Tensor) -> Optional[Tensor]:
         """This sequence's dropout mask (B, D) for `kind` ("input" or "recurrent") and `like` (B, ..., D),

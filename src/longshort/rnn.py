@@ -11,6 +11,7 @@ zero; the output with `return_sequences=False` is the output of the last real st
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
@@ -65,7 +66,8 @@ def _check_state(state: State, expected: State, who: str, convert: bool = False)
 
 def parameter_dtype(module: nn.Module) -> Optional[torch.dtype]:
     """The dtype of the module's first floating-point parameter (None if it has none yet)."""
-    for parameter in module.parameters():
+    own = module._parameters.values()  # first, before the slower walk through the submodules
+    for parameter in itertools.chain(own, module.parameters()):
         if parameter.is_floating_point() and not isinstance(parameter, UninitializedParameter):
             return parameter.dtype
     return None
