@@ -144,19 +144,20 @@ def batch_of_one(case: Case) -> Case:
 
 
 def wider_batch(case: Case) -> Case:
-    """The case's batch twice over (the second copy in reverse order): 2B = 6 rows, above the C
-    loops' matrix-vector path (batches up to SMALL_BATCH = 3 in csrc/rnn_loops.c), so a step's matmul is gemm's."""
-    def doubled(x: Tensor, dim: int) -> Tensor:
+    """The case's batch four times over (every second copy in reverse order): 4B = 12 rows, 6 on
+    each of two threads (`native.threads_for`), above the C loops' matrix-vector path (up to
+    SMALL_BATCH = 3 rows a thread in csrc/rnn_loops.c), so a step's matmul is gemm's."""
+    def repeated(x: Tensor, dim: int) -> Tensor:
         x = x.detach()
-        return torch.cat([x, x.flip(dim)], dim)
+        return torch.cat([x, x.flip(dim)] * 2, dim)
 
-    inputs = [doubled(x, 1) if k == 0 else doubled(x, 0) if k < 3 else x.detach() for k, x in enumerate(case.inputs)]
+    inputs = [repeated(x, 1) if k == 0 else repeated(x, 0) if k < 3 else x.detach() for k, x in enumerate(case.inputs)]
     zoneout = case.zoneout
     if zoneout is not None and isinstance(zoneout.h, Tensor):
-        zoneout = ZoneoutKeep(doubled(zoneout.h, 1), doubled(zoneout.c, 1))
+        zoneout = ZoneoutKeep(repeated(zoneout.h, 1), repeated(zoneout.c, 1))
     return Case([x.requires_grad_() for x in inputs], case.peephole, case.layer_norm, zoneout,
-                None if case.step_mask is None else doubled(case.step_mask, 0),
-                None if case.recurrent_mask is None else doubled(case.recurrent_mask, 0))
+                None if case.step_mask is None else repeated(case.step_mask, 0),
+                None if case.recurrent_mask is None else repeated(case.recurrent_mask, 0))
 
 
 @ALL_CONFIGS

@@ -47,17 +47,18 @@ def test_it_builds_here_and_is_cached(fresh_build):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
-@pytest.mark.parametrize("batch", [1, 2, 3, 5])
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 9])
 @pytest.mark.parametrize("layer_class, options", [(ls.LSTM, {}), (ls.GRU, {}), (ls.SimpleRNN, {"activation": "tanh"}),
                                                    (ls.SimpleRNN, {"activation": "relu"})], ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_c_and_torch_ops_agree(monkeypatch, dtype, masked, recurrent_dropout, batch, layer_class, options):
     """An odd width (37 units: the vector loops' remainder) and padding in the middle of the batch.
-    Batches of 1, 2 and 3 take the C file's own matrix-vector products, of 5 gemm (the LSTM's with
-    the transposed weight it keeps for one or two, then the weight as it is)."""
+    On two threads (`threads_for`) each thread takes its share of the rows: 1 to 3 rows (batches
+    of 1 to 5) take the C file's own matrix-vector products, 4 and 5 (a batch of 9) gemm (the
+    LSTM's with the transposed weight it keeps for one or two, then the weight as it is)."""
     torch.manual_seed(0)
     layer = layer_class(37, return_sequences=True, recurrent_dropout=recurrent_dropout, implementation="fused", **options).to(dtype)
     x = torch.randn(batch, 9, 11, dtype=dtype)
-    lengths = torch.tensor([3, 9, 1, 7, 9][:batch]) if masked else None
+    lengths = torch.tensor([3, 9, 1, 7, 9, 2, 9, 5, 8][:batch]) if masked else None
     layer(x)  # builds the (lazy) layer: its weights are drawn now, not after the seed below
     results = {}
     for switch in ("1", "0"):
@@ -106,12 +107,13 @@ def test_threads_follow_torch_and_the_batch(monkeypatch):
 
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
-@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2, 8])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("kernel", ["lstm", "gru", "rnn_relu"])
-def test_gradcheck_at_a_batch_of_one_and_two(batch, masked, kernel):
-    """The C backward where its matmul is the file's own matrix-vector product (1) or gemm (2);
-    test_fused_kernels.py gradchecks the kernels at a batch of 3, with recurrent dropout too."""
+def test_gradcheck_at_batches_of_one_two_and_eight(batch, masked, kernel):
+    """The C backward where its matmul is the file's own matrix-vector product (1; 2, one row on
+    each of two threads) or gemm (8: four rows a thread); test_fused_kernels.py gradchecks the
+    kernels at a batch of 3, with recurrent dropout too."""
     from longshort.fused_gru import gru_recurrence
     from longshort.fused_lstm import lstm_recurrence
     from longshort.fused_simple_rnn import simple_rnn_recurrence
@@ -122,7 +124,7 @@ def test_gradcheck_at_a_batch_of_one_and_two(batch, masked, kernel):
     p, h0, c0 = (torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_()
                  for shape in ((batch, T, gates * H), (batch, H), (batch, H)))
     weight_hh = (torch.randn(gates * H, H, generator=generator, dtype=torch.float64) * 0.5).requires_grad_()
-    step_mask = torch.tensor([[True, True, False, True], [True, False, True, True]][:batch]) if masked else None
+    step_mask = torch.tensor([[True, True, False, True], [True, False, True, True]] * 4)[:batch] if masked else None
     assert native.loop_kernels(torch.float64) is not None
     if kernel == "lstm":
         assert torch.autograd.gradcheck(lambda *a: lstm_recurrence(a[0], (a[1], a[2]), a[3], step_mask), (p, h0, c0, weight_hh))
