@@ -144,3 +144,43 @@ def test_recurrent_dropout_blocks_the_vendor_kernel_only_in_training():
     layer = ls.LSTM(4, recurrent_dropout=0.3)
     assert layer.dispatch().implementation == "fused"
     assert layer.eval().dispatch().implementation == "vendor"
+
+
+def test_a_remembered_decision_follows_every_change_of_the_cell():
+    """`dispatch` keeps its decision while the built-in cell is unchanged, and decides again after any
+    attribute assignment: an option set by hand, train / eval, or a layer's own `implementation`."""
+    layer = ls.LSTM(4, 3)
+    x = torch.randn(2, 5, 3)
+    layer(x)
+    layer(x)  # (the first call keeps a zero bias for torch's kernel: an assignment)
+    first = layer.last_dispatch
+    layer(x)
+    assert layer.last_dispatch is first and first.implementation == "vendor"
+    layer.cell.recurrent_dropout = 0.3
+    layer(x)
+    assert layer.last_dispatch.implementation == "fused"
+    layer.eval()(x)
+    assert layer.last_dispatch.implementation == "vendor"
+    layer.train()
+    layer.cell.activation = torch.relu
+    layer(x)
+    assert layer.last_dispatch.implementation == "loop"
+    layer.implementation = "fused"
+    with pytest.raises(ValueError, match="compute only tanh"):
+        layer(x)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "SimpleRNN tanh"])
+def test_vendor_zero_bias_is_kept_yet_follows_inference_mode_and_dtype(kind):
+    """One-bias cells hand torch's kernel a kept zero `bias_hh`: made under inference_mode it must still
+    serve a training call (an inference tensor cannot be saved for backward), and it follows `.double()`."""
+    torch.manual_seed(0)
+    layer = LAYERS[kind](implementation="vendor", return_sequences=True)
+    x = torch.randn(2, 5, 3)
+    with torch.inference_mode():
+        layer(x)
+    layer(x.requires_grad_()).sum().backward()
+    assert layer.cell.weight_hh.grad is not None
+    layer.double()
+    reference = layer.to_torch()
+    assert torch.allclose(layer(x.double()), reference(x.double())[0], atol=1e-12)

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parameter import UninitializedParameter
+from torch.nn.parameter import UninitializedParameter, UninitializedTensorMixin
 
 
 class UnbuiltParameter(UninitializedParameter):
@@ -58,14 +58,16 @@ class LazyInput(nn.Module):
 
     @property
     def built(self) -> bool:
-        return not isinstance(getattr(self, self.lazy_weight), UninitializedParameter)
+        # from _parameters, not getattr (Module.__getattr__ is a Python call), and isinstance of the mixin, a plain
+        # class (Parameter's metaclass checks in Python): `built` runs at every call of a layer
+        return not isinstance(self._parameters[self.lazy_weight], UninitializedTensorMixin)
 
     def build(self, input_size: int) -> None:
         """Create the input weight for `input_size` features (a no-op if already built so)."""
-        if self.built:
-            if input_size != self.input_size:
-                raise ValueError(f"{type(self).__name__} was built for {self.input_size} input features, got {input_size}")
+        if input_size == self.input_size:  # built for it: `input_size` is set only with the weight
             return
+        if self.built:
+            raise ValueError(f"{type(self).__name__} was built for {self.input_size} input features, got {input_size}")
         check_size("input_size", input_size)
         weight = getattr(self, self.lazy_weight)
         weight.materialize((weight_rows(self), input_size))

@@ -23,7 +23,10 @@ and, optionally,
     vendor_refusal(masked) / run_vendor(x, state)
     fused_refusal(masked) / run_fused(x, state, mask)
                                       whole-sequence kernels `RNN` dispatches to (see
-                                      `longshort.dispatch`); the built-in cells have them
+                                      `longshort.dispatch`); the built-in cells have them.
+                                      Each returns every output (B, T, ...), the output of
+                                      the last real step (or None: the outputs' last step),
+                                      and the final state
 
 `RNN(cell, implementation="compiled")` runs any such cell fast (`longshort.compiled`) if its
 step treats the rows of the batch independently, draws no random numbers (draw dropout
@@ -102,6 +105,11 @@ class Cell(LazyInput):
 
     gates: int = 1  # G: how many blocks of H rows the weight matrices hold
     lazy_weight = "weight_ih"
+    changes: int = 0  # attribute assignments so far: RNN.dispatch keeps its decision while this stands
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        self.__dict__["changes"] = self.changes + 1  # what the kernels refuse reads only the cell's attributes
 
     def __init__(
         self,
@@ -227,19 +235,29 @@ class Cell(LazyInput):
         """torch.lstm, torch.gru, torch.rnn_tanh or torch.rnn_relu: what torch.nn runs for this cell."""
         raise NotImplementedError
 
+    _zero_bias: Optional[Tensor] = None  # torch_biases' zeros, kept between calls
+
     def torch_biases(self) -> list[Tensor]:
-        """`bias_ih`, `bias_hh` as torch.nn keeps them: ours and zeros, for one-bias cells."""
-        return [self.bias, torch.zeros_like(self.bias)]
+        """`bias_ih`, `bias_hh` as torch.nn keeps them: ours and zeros, for one-bias cells. The zeros
+        are made once per dtype and device (a new tensor every call of the vendor path cost 10 us)."""
+        zeros = self._zero_bias
+        if zeros is None or zeros.dtype != self.bias.dtype or zeros.device != self.bias.device:
+            with torch.inference_mode(False):  # a tensor made under inference_mode could not be saved for backward
+                zeros = self._zero_bias = torch.zeros_like(self.bias)
+        return [self.bias, zeros]
 
     def run_vendor(self, x: Tensor, state):
-        """The whole sequence through torch's kernel: returns all outputs, the last one, the final state."""
+        """The whole sequence through torch's kernel: all outputs, None (the last output is theirs at T), the final state."""
         x = self._variational_dropout(x, "input")
+        kernel = self.vendor_kernel()
         weights = [self.weight_ih, self.weight_hh] + (self.torch_biases() if self.use_bias else [])
-        leaves = [leaf.unsqueeze(0) for leaf in flatten_state(state)]  # (1, B, H) each
-        hx = tuple(leaves) if isinstance(state, tuple) else leaves[0]
-        y, *final = self.vendor_kernel()(x, hx, weights, self.use_bias, 1, 0.0, self.training, False, True)
-        final = [leaf.squeeze(0) for leaf in final]
-        return y, y[:, -1], (LSTMState(*final) if isinstance(state, tuple) else final[0])
+        options = (self.use_bias, 1, 0.0, self.training, False, True)  # has_biases, layers, dropout, train, bidirectional, batch_first
+        if isinstance(state, tuple):  # (h, c)
+            h0, c0 = state
+            y, h, c = kernel(x, (h0.unsqueeze(0), c0.unsqueeze(0)), weights, *options)  # h, c (1, B, H)
+            return y, None, LSTMState(h.squeeze(0), c.squeeze(0))
+        y, h = kernel(x, state.unsqueeze(0), weights, *options)
+        return y, None, h.squeeze(0)
 
     def run_fused(self, x: Tensor, state, mask: Optional[Tensor]):
         """The whole sequence through longshort's fused kernel: all outputs, the last one, the final state."""
@@ -249,9 +267,10 @@ class Cell(LazyInput):
         return f"units={self.units}, input_size={self.input_size}, use_bias={self.use_bias}"
 
 
-def _last(y: Tensor, h: Tensor, mask: Optional[Tensor]) -> Tensor:
-    """The output of the last real step: y at T, or with a mask the carried h (zero if no real step)."""
-    return y[:, -1] if mask is None else h * mask.any(dim=1, keepdim=True)
+def _last(h: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+    """The output of the last real step: with a mask the carried h (zero if no real step); without,
+    None, which `RNN` reads as the outputs' last step."""
+    return None if mask is None else h * mask.any(dim=1, keepdim=True)
 
 
 def _gated_kernel_refusal(cell: Cell, own_recur) -> Optional[str]:
@@ -438,7 +457,7 @@ class LSTMCell(Cell):
             y, h, c = lstm_variant_recurrence(p, (h0, c0), self.weight_hh, peephole=peephole, layer_norm=layer_norm,
                                               zoneout=zoneout, step_mask=mask, recurrent_mask=recurrent_mask)
         y = y.transpose(0, 1)  # (B, T, H)
-        return y, _last(y, h, mask), LSTMState(h, c)
+        return y, _last(h, mask), LSTMState(h, c)
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
@@ -517,7 +536,7 @@ class GRUCell(Cell):
 
     def run_fused(self, x: Tensor, h0: Tensor, mask: Optional[Tensor]):
         y, h = gru_recurrence(self.project_input(x), h0, self.weight_hh, self.bias_hh, mask, self.dropout_mask("recurrent", h0))
-        return y, _last(y, h, mask), h
+        return y, _last(h, mask), h
 
 
 class LayerNormLSTMCell(LSTMCell):
@@ -704,4 +723,4 @@ class SimpleRNNCell(Cell):
     def run_fused(self, x: Tensor, h0: Tensor, mask: Optional[Tensor]):
         p = self.project_input(x)  # (B, T, H)
         y, h = simple_rnn_recurrence(p, h0, self.weight_hh, self.nonlinearity(), mask, self.dropout_mask("recurrent", h0))
-        return y, _last(y, h, mask), h
+        return y, _last(h, mask), h

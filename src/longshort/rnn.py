@@ -10,13 +10,12 @@ zero; the output with `return_sequences=False` is the output of the last real st
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parameter import UninitializedParameter
+from torch.nn.parameter import UninitializedTensorMixin
 
 from longshort._validate import check_flag, check_sequence, resolve_mask
 from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose
@@ -68,7 +67,7 @@ def parameter_dtype(module: nn.Module) -> Optional[torch.dtype]:
     """The dtype of the module's first floating-point parameter (None if it has none yet)."""
     own = module._parameters.values()  # first, before the slower walk through the submodules
     for parameter in itertools.chain(own, module.parameters()):
-        if parameter.is_floating_point() and not isinstance(parameter, UninitializedParameter):
+        if parameter.is_floating_point() and not isinstance(parameter, UninitializedTensorMixin):  # (the mixin: a fast isinstance)
             return parameter.dtype
     return None
 
@@ -145,6 +144,7 @@ class RNN(nn.Module):
         self.last_dispatch: Optional[Dispatch] = None
         self._compiled_loop: Optional[CompiledLoop] = None  # made at the first compiled call
         self._compiled_refusal: Optional[str] = None  # why the compiled path refused this cell, once it has
+        self._decisions: dict[tuple, Dispatch] = {}  # dispatch's, for a cell that counts its changes
         if implementation != "auto":
             self.dispatch()  # a configuration the path can never run fails now, not at the first call
 
@@ -175,22 +175,23 @@ class RNN(nn.Module):
         B, T, _ = x.shape
         mask = resolve_mask(mask, lengths, B, T, x.device)
         self.build(x.shape[-1])
-        autocast = torch.is_autocast_enabled(x.device.type)
         dtype = parameter_dtype(self.cell) or x.dtype
-        if autocast:
-            x = x.to(dtype)
-        elif x.dtype != dtype:
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # one autocast-excluded op (see the class docstring)
+            with torch.autocast(device, enabled=False):
+                return self._forward(x.to(dtype), initial_state, mask, who, convert=True)
+        if x.dtype != dtype:
             raise TypeError(
                 f"{who} has {dtype} parameters but got a {x.dtype} input: convert one to the other "
                 f"(x.to({dtype}) or model.to({x.dtype})), or run under torch.autocast, which converts the input"
             )
-        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-            return self._forward(x, initial_state, mask, who, autocast)
+        return self._forward(x, initial_state, mask, who)
 
-    def _forward(self, x: Tensor, initial_state: Optional[State], mask: Optional[Tensor], who: str, autocast: bool):
+    def _forward(self, x: Tensor, initial_state: Optional[State], mask: Optional[Tensor], who: str, convert: bool = False):
+        """`forward` past its checks; `convert` converts `initial_state` to the parameters' dtype (under autocast)."""
         if mask is not None:  # what padding holds (NaN, say) then reaches no output and no gradient, weights' included
             x = x.masked_fill(~mask[..., None], 0.0)
-        state = self._initial_state(initial_state, x, who, autocast)
+        state = self._initial_state(initial_state, x, who, convert)
         if hasattr(self.cell, "reset_dropout_masks"):
             self.cell.reset_dropout_masks()
 
@@ -201,18 +202,32 @@ class RNN(nn.Module):
 
         if self.stateful:
             self.state = map_state(Tensor.detach, state)
-        output = outputs if self.return_sequences else last  # (B, T, H) or (B, H)
+        if self.return_sequences:
+            output = outputs  # (B, T, H)
+        else:
+            output = outputs[:, -1] if last is None else last  # (B, H)
         return (output, *flatten_state(state)) if self.return_state else output
 
     def dispatch(self, masked: bool = False) -> Dispatch:
         """The path (vendor, fused or loop) a call, with a mask if `masked`, takes, and why each
         other path was refused (see `longshort.dispatch`)."""
         compiled_refusal = self._compiled_refusal if self.implementation == "compiled" else NOT_ASKED
-        return choose(self.implementation, self.cell, masked, type(self).__name__, compiled_refusal)
+        changes = getattr(self.cell, "changes", None)  # the built-in cells count their attribute assignments
+        key = (self.implementation, masked, compiled_refusal, changes)
+        decision = self._decisions.get(key)
+        if decision is None:  # a new call or a changed cell (train/eval included): decide again (about 15 us a call)
+            decision = choose(self.implementation, self.cell, masked, type(self).__name__, compiled_refusal)
+            if changes is not None:
+                if len(self._decisions) > 8:
+                    self._decisions.clear()
+                self._decisions[key] = decision
+        return decision
 
     def run(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
         """Run the sequence by the path `dispatch` picks. Returns every output (B, T, ...) (or
-        None when not needed), the last output (of the last real step), and the final state."""
+        None when not needed), the last output (of the last real step; None when that is simply
+        `outputs[:, -1]`, taken only where it is used: a view of the outputs costs a few
+        microseconds a call), and the final state."""
         self.last_dispatch = self.dispatch(masked=mask is not None)
         path = self.last_dispatch.implementation
         if path == "loop":
