@@ -298,9 +298,18 @@ def fused_versus_loop_table(repeats: int) -> list[str]:
     return rows
 
 
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it (the host under a cloud machine changes between runs)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine(malloc: str = "as it starts") -> str:
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads, oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}), "
         f"Python {platform.python_version()}; fused kernels' loops (LSTM, GRU, SimpleRNN, LSTM variants): {ls.native.status()}; malloc: {malloc}"
     )

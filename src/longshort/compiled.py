@@ -185,9 +185,12 @@ class CompiledLoop:
     def run(self, x: Tensor, state, mask: Optional[Tensor]):
         """x (B, T, F), the initial state and the step mask (B, T) -> all outputs (B, T, ...), the last real one, the final state."""
         split = None if self.hoisted else self._split(x, state)
-        projector = self.cell if self.hoisted else split  # what offers project_input, if anything
-        inputs = x if projector is None else projector.project_input(x)  # (B, T, G), or (B, T, F) unprojected
-        inputs = inputs.transpose(0, 1).contiguous()  # (T, B, ...): step t reads a contiguous inputs[t]
+        if self.hoisted:  # the cell's own project_input, which takes (B, T, F)
+            inputs = self.cell.project_input(x).transpose(0, 1).contiguous()  # (T, B, G): step t reads a contiguous inputs[t]
+        elif split is not None:
+            inputs = split.project_input_time_major(x)  # (T, B, G), as contiguous, without transposing it
+        else:
+            inputs = x.transpose(0, 1).contiguous()  # (T, B, F)
         named = self._named_tensors()
         names, tensors = [name for name, _ in named], [tensor for _, tensor in named]
         leaves = [leaf.contiguous() for leaf in flatten_state(state)]
@@ -319,7 +322,7 @@ class CompiledLoop:
 
 
 class _InputSplit:
-    """`cell` as `project_input` / `recur`, from the two halves of its traced step: ATen graphs that
+    """`cell` as an input projection of all steps (`project_input_time_major`) and `recur`, from the two halves of its traced step: ATen graphs that
     take the cell's parameters and buffers (`names`, read from the cell as they are at the call, so
     also as `functional_call` places them) as their first inputs."""
 
@@ -331,10 +334,14 @@ class _InputSplit:
     def _tensors(self) -> list[Tensor]:
         return [attrgetter(name)(self.cell) for name in self.names]
 
-    def project_input(self, x: Tensor) -> Tensor:
+    def project_input_time_major(self, x: Tensor) -> Tensor:
+        """x (B, T, F) -> (T, B, G), the rows projected in time order: x is transposed (F wide) instead of the
+        projection (G wide, 4H for an LSTM), and so is the gradient on the way back (about 1 ms of a 15 ms
+        training step at B=32, H=64)."""
         B, T = x.shape[:2]
-        p = self.graphs[0](*self._tensors(), x.reshape(B * T, *x.shape[2:]))  # (B*T, G): all steps as rows
-        return p.reshape(B, T, *p.shape[1:])  # (B, T, G)
+        rows = x.transpose(0, 1).reshape(T * B, *x.shape[2:])  # (T*B, F)
+        p = self.graphs[0](*self._tensors(), rows)  # (T*B, G)
+        return p.reshape(T, B, *p.shape[1:])  # (T, B, G)
 
     def recur(self, p_t: Tensor, state):
         y, *leaves = self.graphs[1](*self._tensors(), p_t, *flatten_state(state))
@@ -704,13 +711,16 @@ def _all_steps_backward(ctx, run: _Recurrence, inputs: Tensor, previous, tensors
         return None, [None] * len(tensors)
     T, B = inputs.shape[:2]
     steps = max(1, ROWS_PER_PASS // B)
-    d_inputs = inputs.new_zeros(inputs.shape) if wanted[0] else None
+    starts = range(0, T, steps)
+    d_inputs = inputs.new_empty(inputs.shape) if wanted[0] and len(starts) > 1 else None  # each pass writes its rows
     d_tensors: list[Optional[Tensor]] = [None] * len(tensors)
-    for start in range(0, T, steps):
+    for start in starts:
         part = slice(start, start + steps)
         mask = None if run.step_mask is None else run.step_mask[part]
         found = _steps_backward(run, inputs[part], [s[part] for s in previous], tensors, dys[part], [l[part] for l in lams], mask, wanted)
-        if d_inputs is not None:
+        if len(starts) == 1:  # one pass: its gradient is the whole one, without a copy
+            d_inputs = found[0]
+        elif d_inputs is not None:
             d_inputs[part] = found[0]
         d_tensors = [g if total is None else total if g is None else total + g for total, g in zip(d_tensors, found[1:])]
     return d_inputs, d_tensors
