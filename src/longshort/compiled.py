@@ -183,7 +183,8 @@ class CompiledLoop:
 
     # -- running a sequence ---------------------------------------------------------------------
     def run(self, x: Tensor, state, mask: Optional[Tensor]):
-        """x (B, T, F), the initial state and the step mask (B, T) -> all outputs (B, T, ...), the last real one, the final state."""
+        """x (B, T, F), the initial state and the step mask (B, T) -> all outputs (B, T, ...), the last real one
+        (None without a mask: the outputs' last step, as `RNN.run` reads it), the final state."""
         split = None if self.hoisted else self._split(x, state)
         if self.hoisted:  # the cell's own project_input, which takes (B, T, F)
             inputs = self.cell.project_input(x).transpose(0, 1).contiguous()  # (T, B, G): step t reads a contiguous inputs[t]
@@ -586,10 +587,11 @@ def _check_rows(step: Callable[[Tensor, Any], Any], input_t: Tensor, state) -> N
                                  "the gradients of all steps as one batch, which needs rows that do not interact")
 
 
-def _last_output(outputs: Tensor, mask: Optional[Tensor]) -> Tensor:
-    """outputs (B, T, ...) -> the output of each sequence's last real step (zeros if it has none)."""
+def _last_output(outputs: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+    """outputs (B, T, ...) -> the output of each sequence's last real step (zeros if it has none);
+    None without a mask, which `RNN` reads as the outputs' last step."""
     if mask is None:
-        return outputs[:, -1]
+        return None
     T = mask.shape[1]
     last = (T - 1) - mask.flip(1).to(torch.uint8).argmax(dim=1)  # (B,), index of the last True (0 if none)
     picked = outputs[torch.arange(outputs.shape[0], device=outputs.device), last]  # (B, ...)
