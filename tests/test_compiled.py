@@ -178,6 +178,40 @@ def test_the_compiled_step_loops_over_time_in_c(kind, batch, monkeypatch):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
+def test_the_loops_are_one_library_for_every_step_and_without_it_the_step_is_called_from_python(monkeypatch, tmp_path, caplog):
+    """The loops in C call the kernels Inductor built, by address, from csrc/step_loops.c: built once
+    (not per step or cell). Where it cannot be built, the step runs one call a step, and says why."""
+    from longshort import native
+
+    torch.manual_seed(6)
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    layer = ls.RNN(MinimalRNNCell(4, 3), implementation="compiled", return_sequences=True).double()
+    layer(x)
+    assert [loops.library for loops in step_loops(layer)] == [native.step_loops_library()]
+    monkeypatch.setenv("LONGSHORT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    monkeypatch.setattr(native, "_built", {})
+    monkeypatch.setattr(native, "_failures", {})
+    unbuilt = ls.RNN(copy.deepcopy(layer.cell), implementation="compiled", return_sequences=True)
+    with caplog.at_level("INFO", logger="longshort"):
+        torch.testing.assert_close(unbuilt(x), layer(x), rtol=1e-12, atol=1e-12)
+    assert step_loops(unbuilt) == [None]
+    assert "one call a step from Python (the loops in C could not be built: false failed: 1)" in caplog.text
+
+
+def test_a_second_layer_of_the_same_cell_loads_its_compiled_graphs_from_inductors_cache():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 3, dtype=torch.float64)
+    first = ls.RNN(MinimalRNNCell(4, 3), implementation="compiled", return_sequences=True).double()
+    first(x).sum().backward()
+    hits = counters["inductor"]["fxgraph_cache_hit"]
+    second = ls.RNN(copy.deepcopy(first.cell), implementation="compiled", return_sequences=True)
+    second(x).sum().backward()
+    assert counters["inductor"]["fxgraph_cache_hit"] >= hits + 3  # the step's forward and backward, the all-steps pass
+
+
 @pytest.mark.parametrize("cell, batch, reason", [
     (lambda: SortingCell(4, 3), 2, "neither a kernel nor a matmul"),
     (lambda: HandOnCell(4, 3), 2, "a new state the step does not compute"),

@@ -22,8 +22,8 @@ CAN_BUILD = shutil.which("cc") is not None and platform.machine() == "x86_64" an
 def fresh_build(monkeypatch, tmp_path):
     """An empty cache and a module that has not tried to build yet (restored afterwards)."""
     monkeypatch.setenv("LONGSHORT_CACHE", str(tmp_path))
-    monkeypatch.setattr(native, "_library", None)
-    monkeypatch.setattr(native, "_failure", None)
+    monkeypatch.setattr(native, "_built", {})
+    monkeypatch.setattr(native, "_failures", {})
     return tmp_path
 
 

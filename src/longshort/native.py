@@ -14,6 +14,8 @@ Building. The first process that needs it compiles the source with the C compile
 `cc`) into `$LONGSHORT_CACHE` (default `~/.cache/longshort`), under a name that hashes the
 source, the flags, the compiler and this CPU's feature flags (it is built with
 `-march=native`); later processes load the file. Compiling takes a fraction of a second.
+The compiled path's loops over time (csrc/step_loops.c, `step_loops_library()`) are built the
+same way, into a library of their own.
 
 Where it cannot be built (no compiler, not glibc >= 2.35 on x86-64, whose vector exp and tanh
 it needs to beat torch's ops) or torch's library exports no gemm, the kernels keep to torch ops:
@@ -40,6 +42,7 @@ import torch
 logger = logging.getLogger("longshort")
 
 SOURCE = Path(__file__).with_name("csrc") / "rnn_loops.c"
+STEP_LOOPS_SOURCE = SOURCE.with_name("step_loops.c")  # the compiled path's loops over time (`compiled_loops`), built the same way
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -73,8 +76,8 @@ ROWS_PER_THREAD = 1
 GEMMS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran BLAS names, as MKL exports them from libtorch_cpu
 
 
-_library: Optional[ctypes.CDLL] = None
-_failure: Optional[str] = None  # why the library could not be built or loaded; None: not tried yet, or built
+_built: dict[Path, ctypes.CDLL] = {}  # source -> its library, once built or found
+_failures: dict[Path, str] = {}  # source -> why its library could not be built or loaded
 
 
 def _cache_dir() -> Path:
@@ -92,12 +95,12 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _build() -> ctypes.CDLL:
-    """Compile (or find already compiled) and load the library; raises OSError, saying why, where it cannot."""
+def _build(source_path: Path) -> ctypes.CDLL:
+    """Compile (or find already compiled) and load the library of `source_path`; raises OSError, saying why, where it cannot."""
     compiler = os.environ.get("CC", "cc")
-    source = SOURCE.read_bytes()
+    source = source_path.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _cpu_flags().encode()]))
-    library = _cache_dir() / f"rnn_loops-{key.hexdigest()[:16]}.so"
+    library = _cache_dir() / f"{source_path.stem}-{key.hexdigest()[:16]}.so"
     if not library.exists():
         try:
             library.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ def _build() -> ctypes.CDLL:
             raise OSError(f"cannot write to the cache folder {library.parent} ({error.strerror}; LONGSHORT_CACHE sets another)") from None
         os.close(handle)
         try:
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial, "-lm"], capture_output=True, text=True, timeout=120)
+            result = subprocess.run([compiler, *FLAGS, str(source_path), "-o", partial, "-lm"], capture_output=True, text=True, timeout=120)
             if result.returncode != 0:
                 raise OSError(f"{compiler} failed: {_first_error(result.stderr) or result.returncode}")
             os.replace(partial, library)
@@ -116,7 +119,7 @@ def _build() -> ctypes.CDLL:
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
-        logger.info("built the C loops of the fused kernels: %s", library)
+        logger.info("built %s: %s", source_path.name, library)
     loaded = ctypes.CDLL(str(library))
     loaded.path = library  # for status()
     return loaded
@@ -128,15 +131,25 @@ def _first_error(stderr: str) -> str:
     return next((line for line in lines if "error" in line), lines[0] if lines else "")
 
 
-def _library_or_none() -> Optional[ctypes.CDLL]:
-    global _library, _failure
-    if _library is None and _failure is None:
+def _library_or_none(source: Optional[Path] = None) -> Optional[ctypes.CDLL]:
+    """The library of `source` (default: the fused kernels' loops, SOURCE), built on first use; None
+    where it cannot be (why: `_failures[source]`)."""
+    source = source or SOURCE
+    if source not in _built and source not in _failures:
         try:
-            _library = _build()
+            _built[source] = _build(source)
         except OSError as error:
-            _failure = str(error)
-            logger.info("the fused kernels run their loops with torch ops: %s", _failure)
-    return _library
+            _failures[source] = str(error)
+            logger.info("%s could not be built: %s", source.name, error)
+    return _built.get(source)
+
+
+def step_loops_library() -> ctypes.CDLL:
+    """The compiled path's loops over time (csrc/step_loops.c); OSError, saying why, where it cannot be built."""
+    library = _library_or_none(STEP_LOOPS_SOURCE) if enabled() else None
+    if library is None:
+        raise OSError("LONGSHORT_NATIVE=0" if not enabled() else _failures[STEP_LOOPS_SOURCE])
+    return library
 
 
 def enabled() -> bool:
@@ -205,7 +218,7 @@ def status() -> str:
     if not enabled():
         return "torch ops: LONGSHORT_NATIVE=0"
     if _library_or_none() is None:
-        return f"torch ops: the C version could not be built ({_failure})"
+        return f"torch ops: the C version could not be built ({_failures[SOURCE]})"
     if gemm_address(torch.float32) is None:
         return f"torch ops: torch's library exports no BLAS gemm ({GEMMS[torch.float32]}) for the C loops to call"
-    return f"C ({_library.path})"
+    return f"C ({_built[SOURCE].path})"
