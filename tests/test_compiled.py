@@ -109,20 +109,6 @@ def test_compiled_equals_the_loop(kind, masked, return_sequences, compiled_layer
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kind", CELLS)
-@pytest.mark.parametrize("batch", [1, 5])
-def test_small_and_larger_batches_equal_the_loop(kind, batch):
-    """Up to MATRIX_VECTOR_ROWS rows the step's matmuls compile as reductions; above, as matmuls."""
-    torch.manual_seed(3)
-    x = torch.randn(batch, 4, 3, dtype=torch.float64)
-    options = dict(return_sequences=True, return_state=True)
-    reference = ls.RNN(CELLS[kind](), implementation="loop", **options).double()
-    layer = ls.RNN(copy.deepcopy(reference.cell), implementation="compiled", **options)
-    initial = ls.rnn.map_state(torch.randn_like, reference.cell.initial_state(batch, x))
-    for ours, theirs in zip(outputs_and_grads(layer, x, initial), outputs_and_grads(reference, x, initial)):
-        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
-
-
 class HandOnCell(nn.Module):
     """A tanh RNN cell whose state also holds a scale it hands on unchanged: a new state that is
     an input of the step, not computed by it."""
@@ -157,9 +143,9 @@ def step_loops(layer: ls.RNN) -> list:
 @pytest.mark.parametrize("kind", CELLS)
 @pytest.mark.parametrize("batch", [1, 3, compiled_path.MATRIX_VECTOR_ROWS + 2])
 def test_the_compiled_step_loops_over_time_in_c(kind, batch, monkeypatch):
-    """Both loops over time run in C++ (`compiled_loops`) around the step's kernels and, from
-    B > MATRIX_VECTOR_ROWS, its matmuls, and give what one call of the compiled step a step gives,
-    masks included."""
+    """Both loops over time run in C (`compiled_loops`) around the step's kernels and, from
+    B > MATRIX_VECTOR_ROWS, its matmuls (up to it, the matmuls compile as reductions), and give
+    what one call of the compiled step a step gives, masks included, and what the readable loop gives."""
     torch.manual_seed(4)
     x = torch.randn(batch, 5, 3, dtype=torch.float64)
     x[0, 3:] = float("nan")  # padding: must reach neither outputs nor gradients
@@ -176,6 +162,9 @@ def test_the_compiled_step_loops_over_time_in_c(kind, batch, monkeypatch):
     for ours, theirs in zip(got, expected):
         assert torch.isfinite(ours).all()
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    loop = ls.RNN(copy.deepcopy(in_c.cell), implementation="loop", **options)
+    for ours, theirs in zip(got, outputs_and_grads(loop, x.nan_to_num(0.0), initial, **call)):  # the padding's values do not matter
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
 def test_the_loops_are_one_library_for_every_step_and_without_it_the_step_is_called_from_python(monkeypatch, tmp_path, caplog):

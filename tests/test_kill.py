@@ -16,11 +16,19 @@ from longshort.checkpoints import load_checkpoint
 OPTIONS = ["--units=8", "--lookback=6", "--batch_size=4", "--patience=0", "--no-progress"]  # about 25 ms an epoch
 
 
-@pytest.fixture
-def series(tmp_path):
-    path = tmp_path / "series.csv"
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kill") / "series.csv"
     path.write_text("year,v\n" + "".join(f"{1800 + t},{math.sin(t / 4) + 0.2 * math.sin(t / 1.7):.4f}\n" for t in range(120)))
     return path
+
+
+@pytest.fixture(scope="module")
+def whole_60(series, tmp_path_factory):
+    """The uninterrupted run of 60 epochs, which both tests compare with (one process fewer each)."""
+    out = tmp_path_factory.mktemp("kill") / "whole"
+    uninterrupted(series, out, 60)
+    return out
 
 
 def command(series, out, epochs):
@@ -82,24 +90,26 @@ def assert_same_run(out, reference):
     assert [path.name for path in out.iterdir() if path.name.endswith(".tmp")] == []
 
 
-def check_kills(tmp_path, series, epochs, kills, seed):
-    uninterrupted(series, tmp_path / "whole", epochs)
+def check_kills(tmp_path, series, epochs, kills, seed, whole=None):
+    """Kill and resume; compare with `whole`, the uninterrupted run of `epochs` (made here if None)."""
+    if whole is None:
+        whole = tmp_path / "whole"
+        uninterrupted(series, whole, epochs)
     seen, stdout = kill_and_resume(series, tmp_path / "killed", epochs, kills, seed)
     resumed = [line for line in stdout.splitlines() if line.startswith("Resuming from")]
     last_kill = seen[-1][1]  # the epoch the last kill left: the last run goes on from there, losing nothing before it
     expected = [f"Resuming from {tmp_path / 'killed' / 'checkpoint.pt'}: {last_kill} of {epochs} epochs done."]
     assert resumed == (expected if last_kill < epochs else [])
-    assert_same_run(tmp_path / "killed", tmp_path / "whole")
+    assert_same_run(tmp_path / "killed", whole)
     return seen
 
 
-def test_sigkill_mid_training_loses_only_the_epoch_in_progress(tmp_path, series):
-    seen = check_kills(tmp_path, series, epochs=60, kills=3, seed=1)
+def test_sigkill_mid_training_loses_only_the_epoch_in_progress(tmp_path, series, whole_60):
+    seen = check_kills(tmp_path, series, epochs=60, kills=3, seed=1, whole=whole_60)
     assert len(seen) == 3 and seen[-1][1] < 60
 
 
-def test_sigterm_ends_with_a_message_and_the_run_resumes(tmp_path, series):
-    uninterrupted(series, tmp_path / "whole", 60)
+def test_sigterm_ends_with_a_message_and_the_run_resumes(tmp_path, series, whole_60):
     out = tmp_path / "terminated"
     run, _ = start_and_wait_for_progress(series, out, 60)
     run.send_signal(signal.SIGTERM)  # as torchrun stops the others when one process fails, or a scheduler ends a job
@@ -109,7 +119,7 @@ def test_sigterm_ends_with_a_message_and_the_run_resumes(tmp_path, series):
     assert 1 <= epoch_in(out) < 60
     last = subprocess.run(command(series, out, 60), capture_output=True, text=True, timeout=120)
     assert last.returncode == 0 and f"Resuming from {out / 'checkpoint.pt'}" in last.stdout, last.stderr
-    assert_same_run(out, tmp_path / "whole")
+    assert_same_run(out, whole_60)
 
 
 @pytest.mark.slow
