@@ -289,7 +289,8 @@ def test_memory_progress_bar_counts_every_step_from_the_workers(tmp_path, monkey
 
     class RecordingBar(memory.tqdm):
         def close(self):
-            bars.append((self.n, self.total))
+            if not self.disable:  # tqdm's own close runs once; __del__ (garbage collection) calls it again
+                bars.append((self.n, self.total))
             super().close()
 
     monkeypatch.setattr(memory, "tqdm", RecordingBar)

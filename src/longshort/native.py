@@ -145,10 +145,11 @@ def _library_or_none(source: Optional[Path] = None) -> Optional[ctypes.CDLL]:
 
 
 def step_loops_library() -> ctypes.CDLL:
-    """The compiled path's loops over time (csrc/step_loops.c); OSError, saying why, where it cannot be built."""
-    library = _library_or_none(STEP_LOOPS_SOURCE) if enabled() else None
+    """The compiled path's loops over time (csrc/step_loops.c); OSError, saying why, where it cannot
+    be built. (LONGSHORT_NATIVE=0 is for the fused kernels; `compiled.STEP_LOOPS_IN_C` turns these off.)"""
+    library = _library_or_none(STEP_LOOPS_SOURCE)
     if library is None:
-        raise OSError("LONGSHORT_NATIVE=0" if not enabled() else _failures[STEP_LOOPS_SOURCE])
+        raise OSError(_failures[STEP_LOOPS_SOURCE])
     return library
 
 
