@@ -151,8 +151,7 @@ def test_a_remembered_decision_follows_every_change_of_the_cell():
     attribute assignment: an option set by hand, train / eval, or a layer's own `implementation`."""
     layer = ls.LSTM(4, 3)
     x = torch.randn(2, 5, 3)
-    layer(x)
-    layer(x)  # (the first call keeps a zero bias for torch's kernel: an assignment)
+    layer(x)  # (keeps a zero bias for torch's kernel: a cache, not a change)
     first = layer.last_dispatch
     layer(x)
     assert layer.last_dispatch is first and first.implementation == "vendor"

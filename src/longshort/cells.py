@@ -243,7 +243,8 @@ class Cell(LazyInput):
         zeros = self._zero_bias
         if zeros is None or zeros.dtype != self.bias.dtype or zeros.device != self.bias.device:
             with torch.inference_mode(False):  # a tensor made under inference_mode could not be saved for backward
-                zeros = self._zero_bias = torch.zeros_like(self.bias)
+                zeros = torch.zeros_like(self.bias)
+            self.__dict__["_zero_bias"] = zeros  # a cache, not a change of the cell: kept out of `changes` (see __setattr__)
         return [self.bias, zeros]
 
     def run_vendor(self, x: Tensor, state):
