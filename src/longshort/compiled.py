@@ -49,7 +49,7 @@ compiles into a loop of its own, fused with the elementwise math around it: a cu
 at B = 1, H = 256 trains in 6.9 ms instead of 10.7 (side by side). (Where Inductor cannot
 compile, the traced multiply-and-sum runs as torch ops, slower than the matmul it replaces.)
 
-Looped in C++. Calling the compiled step from Python each step costs more than its arithmetic at
+Looped in C. Calling the compiled step from Python each step costs more than its arithmetic at
 small shapes (6.6 us a step forward at B = 1, H = 64, mostly the wrapper's allocations; a matmul
 through torch's dispatcher 27-30 us at B = 32, H = 64). `compiled_loops` records what the
 wrapper does once and runs it as a program in both loops over time, in C (csrc/step_loops.c,
@@ -98,7 +98,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("longshort")
 
 Call = Callable[[list[Tensor]], Sequence[Tensor]]  # a graph in Inductor's calling convention: a list in, outputs out
-STEP_LOOPS_IN_C = True  # loop the compiled step over time in C++ where its wrapper calls only kernels and matmuls (`compiled_loops`)
+STEP_LOOPS_IN_C = True  # loop the compiled step over time in C where its wrapper calls only kernels and matmuls (`compiled_loops`)
 MATRIX_VECTOR_ROWS = 4  # up to this batch the step's matmuls compile as reductions (B=4, H=256: 22 ms instead of 29; as fast at 8)
 
 
@@ -142,7 +142,7 @@ class CompiledStep:
     backward_arguments: list[tuple[str, int]]  # the backward's inputs in order: ("saved", k) or ("cotangent", k)
     state_leaves: int  # how many tensors the state holds
     seconds: float  # how long tracing and compiling took
-    loops: Optional["StepLoops"] = None  # the two looped over time in C++, where they can be (`compiled_loops`)
+    loops: Optional["StepLoops"] = None  # the two looped over time in C, where they can be (`compiled_loops`)
 
     def step_backward(self, saved: Sequence[Tensor], cotangents: Sequence[Tensor]) -> Sequence[Tensor]:
         """dL/ds_{t-1} of each state tensor, from the step's saved values and its outputs' cotangents."""
@@ -523,7 +523,7 @@ def _inductor_compile(graph: torch.fx.GraphModule, example: list[Tensor]) -> Cal
 
 def _step_loops(forward_call: Call, example: list[Tensor], backward_call: Call, arguments: list[tuple[str, int]],
                 n_tensors: int, leaves: int, who: str) -> Optional["StepLoops"]:
-    """The step's compiled forward and backward looped over time in C++ (`compiled_loops`), or None:
+    """The step's compiled forward and backward looped over time in C (`compiled_loops`), or None:
     they keep running one wrapper call a step (logged, with the reason)."""
     if not STEP_LOOPS_IN_C:
         return None
@@ -531,7 +531,7 @@ def _step_loops(forward_call: Call, example: list[Tensor], backward_call: Call, 
 
     try:
         return compiled_loops.build(forward_call, example, backward_call, arguments, n_tensors, leaves)
-    except Exception as error:  # noqa: BLE001 - Unsupported, or the C++ compiler's error: the wrapper calls do the same
+    except Exception as error:  # noqa: BLE001 - Unsupported (step_loops.c not built among the reasons): the wrapper calls do the same
         logger.info("%s: the compiled step runs one call a step from Python (%s)", who, error)
         return None
 
@@ -637,7 +637,7 @@ class _CompiledRecurrence(torch.autograd.Function):
         n = run.step.state_leaves
         state, tensors = list(leaves_and_tensors[:n]), list(leaves_and_tensors[n:])
         ctx.run = run
-        if run.step.loops is not None:  # the whole loop in C++ (`compiled_loops`)
+        if run.step.loops is not None:  # the whole loop in C (`compiled_loops`)
             ctx.loop_run = run.step.loops.forward(tensors, inputs, state, run.step_mask)
             y, *new_states = ctx.loop_run.outputs  # each (T, B, ...): views of the loop's arrays, copied out
             outputs = y.clone() if run.step_mask is None else _masked(y, run.step_mask)
@@ -661,7 +661,7 @@ class _CompiledRecurrence(torch.autograd.Function):
             dy = dy.contiguous()
         else:  # the cotangent of each step's output is m dy_t
             dy = _masked(dy, run.step_mask)
-        if run.step.loops is not None:  # the whole loop in C++
+        if run.step.loops is not None:  # the whole loop in C
             lams, lam = run.step.loops.backward(tensors, inputs, ctx.loop_run, dy, lam, run.step_mask)
             lam = [l.clone() for l in lam]
         else:

@@ -1,4 +1,4 @@
-"""The compiled step looped over time in C++.
+"""The compiled step looped over time in C.
 
 The Python wrapper TorchInductor generates for a step does three things: it allocates the step's
 buffers, calls the step's C++ kernels and matmuls (torch's BLAS, `extern_kernels.mm` / `addmm`)
@@ -281,7 +281,7 @@ class ForwardRun:
 
 
 class StepLoops:
-    """A step's forward and backward looped over time in C++ (see the module docstring)."""
+    """A step's forward and backward looped over time in C (see the module docstring)."""
 
     def __init__(self, forward: Recording, backward: Recording, backward_arguments: list[tuple[str, int]],
                  n_parameters: int, leaves: int) -> None:
@@ -459,7 +459,7 @@ def build(forward_call: Call, example: Sequence[Tensor], backward_call: Call, ba
           n_parameters: int, leaves: int) -> StepLoops:
     """The loops of a step's compiled forward and backward (`example`: the forward's inputs,
     [*parameters, input_t, *state]), checked against the wrappers over three steps; Unsupported
-    (or the C++ compiler's error) where they cannot stand in for them."""
+    where they cannot stand in for them."""
     parameters, input_t, state = list(example[:n_parameters]), example[n_parameters], list(example[n_parameters + 1 :])
     forward_out = forward_call(list(example))
     cotangents = [torch.randn_like(o) for o in forward_out[: 1 + leaves]]
