@@ -143,8 +143,8 @@ def step_loops(layer: ls.RNN) -> list:
 @pytest.mark.parametrize("kind", CELLS)
 @pytest.mark.parametrize("batch", [1, 3, compiled_path.MATRIX_VECTOR_ROWS + 2])
 def test_the_compiled_step_loops_over_time_in_c(kind, batch, monkeypatch):
-    """Both loops over time run in C (`compiled_loops`) around the step's kernels and, from
-    B > MATRIX_VECTOR_ROWS, its matmuls (up to it, the matmuls compile as reductions), and give
+    """Both loops over time run in C (`compiled_loops`) around the step's kernels and its matmuls
+    (up to MATRIX_VECTOR_ROWS rows the loops' own matrix-vector products, from there on gemm), and give
     what one call of the compiled step a step gives, masks included, and what the readable loop gives."""
     torch.manual_seed(4)
     x = torch.randn(batch, 5, 3, dtype=torch.float64)
@@ -165,6 +165,41 @@ def test_the_compiled_step_loops_over_time_in_c(kind, batch, monkeypatch):
     loop = ls.RNN(copy.deepcopy(in_c.cell), implementation="loop", **options)
     for ours, theirs in zip(got, outputs_and_grads(loop, x.nan_to_num(0.0), initial, **call)):  # the padding's values do not matter
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def small_matmuls(layer: ls.RNN) -> list[tuple[int, int, int]]:
+    """(M, N, K) of every matmul the step's loops in C run, forward and backward."""
+    from longshort.compiled_loops import Gemm
+
+    return [(call.m, call.n, call.k) for loops in step_loops(layer)
+            for recording in (loops.forward_recording, loops.backward_recording) for call in recording.calls if isinstance(call, Gemm)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_small_batches_keep_their_matmuls_for_the_matrix_vector_products_in_c(batch, threads, monkeypatch):
+    """Up to MATRIX_VECTOR_ROWS rows, with the loops in C, the step's matmuls stay matmuls, which the
+    loops do with csrc/matrix_vector.h (at B=1 split between the threads: 67 units, 4 gates, is past
+    SPLIT_PRODUCT and splits 268 outputs at 132, and the backward's 268 rows at 134). Called a step at
+    a time from Python, the step has them traced as reductions instead, as before."""
+    torch.manual_seed(5)
+    x = torch.randn(batch, 4, 3, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        in_c = ls.RNN(ProjectedLSTMCell(67, 3), implementation="compiled", return_sequences=True).double()
+        got = outputs_and_grads_of(in_c, x)
+    finally:
+        torch.set_num_threads(before)
+    assert [step.reductions for step in in_c._compiled_loop.steps.values()] == [False]
+    assert small_matmuls(in_c) == [(batch, 268, 67), (batch, 67, 268)]  # h W_hh^T forward, dz W_hh backward
+    loop = ls.RNN(copy.deepcopy(in_c.cell), implementation="loop", return_sequences=True)
+    for ours, theirs in zip(got, outputs_and_grads_of(loop, x)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(compiled_path, "STEP_LOOPS_IN_C", False)
+    in_python = ls.RNN(copy.deepcopy(in_c.cell), implementation="compiled", return_sequences=True)
+    outputs_and_grads_of(in_python, x)
+    assert [step.reductions for step in in_python._compiled_loop.steps.values()] == [True]
 
 
 def test_the_loops_are_one_library_for_every_step_and_without_it_the_step_is_called_from_python(monkeypatch, tmp_path, caplog):

@@ -170,6 +170,19 @@ def test_an_unwritable_cache_is_reported(fresh_build, monkeypatch):
     assert native.status().startswith(f"torch ops: the C version could not be built (cannot write to the cache folder {not_a_folder / 'cache'} (Not a directory")
 
 
+@pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
+def test_a_changed_header_builds_the_c_files_anew(fresh_build, monkeypatch, tmp_path):
+    """The headers in csrc/ (matrix_vector.h, which both C files include) are part of each library's
+    cache key: a library built before a change to one is not loaded after it."""
+    first = native._build(native.STEP_LOOPS_SOURCE).path
+    csrc = tmp_path / "csrc"
+    shutil.copytree(native.CSRC, csrc)
+    (csrc / "matrix_vector.h").write_text((csrc / "matrix_vector.h").read_text() + "/* changed */\n")
+    monkeypatch.setattr(native, "CSRC", csrc)
+    second = native._build(native.STEP_LOOPS_SOURCE).path  # the package's step_loops.c, with the changed header
+    assert first.parent == second.parent == fresh_build and first != second
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs cc")
 def test_a_platform_without_vector_math_is_named(fresh_build, monkeypatch, tmp_path):
     """Elsewhere than glibc >= 2.35 on x86-64 the source stops at its #error: the message says why."""

@@ -43,11 +43,19 @@ the two graphs run as traced, op by op, with a warning: still without autograd's
 
 At small batches (B <= `MATRIX_VECTOR_ROWS`) a step's matmuls are matrix-vector products, for
 which a call of torch's BLAS costs much more than the arithmetic (25-35 us at (1, 256) x
-(256, 1024) on the benchmark machine). There the step is traced with each such matmul written as
-a multiply and a sum over the inner dimension (`_matrix_vector_decompositions`), which Inductor
-compiles into a loop of its own, fused with the elementwise math around it: a custom LSTM cell
-at B = 1, H = 256 trains in 6.9 ms instead of 10.7 (side by side). (Where Inductor cannot
-compile, the traced multiply-and-sum runs as torch ops, slower than the matmul it replaces.)
+(256, 1024) on the benchmark machine). Where the loops run in C (below), the matmuls stay
+matmuls and the loops do them with matrix-vector products of their own (csrc/matrix_vector.h,
+several independent sums at once; at B = 1 split between the threads, each reading its part of
+the weight). Where the step is called from Python instead, it is traced with each such matmul
+written as a multiply and a sum over the inner dimension (`_matrix_vector_decompositions`),
+which Inductor compiles into a loop of its own, fused with the elementwise math around it: a
+custom LSTM cell at B = 1, H = 256 trained in 6.9 ms instead of 10.7 that way. Inside the loops
+in C that was the slow part: Inductor makes each output one dot product with a single vector
+accumulator, which waits on its own adds (42-45 us a step at (1, 256) x (256, 1024) on one
+thread, about 7 at full rate); side by side, the products in C train the same cell at B = 1 in
+0.67-0.76x the time at H = 256, 0.55-0.60x at H = 512, 0.85-0.94x at H = 64, and 0.81-0.96x at
+B = 4, H = 256. (Where Inductor cannot compile, the traced multiply-and-sum runs as torch ops,
+slower than the matmul it replaces.) `CompiledStep.reductions` tells which way a step went.
 
 Looped in C. Calling the compiled step from Python each step costs more than its arithmetic at
 small shapes (6.6 us a step forward at B = 1, H = 64, mostly the wrapper's allocations; a matmul
@@ -99,7 +107,7 @@ logger = logging.getLogger("longshort")
 
 Call = Callable[[list[Tensor]], Sequence[Tensor]]  # a graph in Inductor's calling convention: a list in, outputs out
 STEP_LOOPS_IN_C = True  # loop the compiled step over time in C where its wrapper calls only kernels and matmuls (`compiled_loops`)
-MATRIX_VECTOR_ROWS = 4  # up to this batch the step's matmuls compile as reductions (B=4, H=256: 22 ms instead of 29; as fast at 8)
+MATRIX_VECTOR_ROWS = 4  # up to this batch a step's matmuls are matrix-vector products: the loops in C do them (csrc/matrix_vector.h), a step called from Python has them compiled as reductions
 
 
 class CompileRefused(ValueError):
@@ -142,6 +150,7 @@ class CompiledStep:
     backward_arguments: list[tuple[str, int]]  # the backward's inputs in order: ("saved", k) or ("cotangent", k)
     state_leaves: int  # how many tensors the state holds
     seconds: float  # how long tracing and compiling took
+    reductions: bool  # its small matmuls compiled as a multiply and a sum (`_matrix_vector_decompositions`)
     loops: Optional["StepLoops"] = None  # the two looped over time in C, where they can be (`compiled_loops`)
 
     def step_backward(self, saved: Sequence[Tensor], cotangents: Sequence[Tensor]) -> Sequence[Tensor]:
@@ -230,7 +239,12 @@ class CompiledLoop:
         leaves = flatten_state(state)
         key = (self.cell.training, split is not None) + tuple((t.shape, t.stride(), t.dtype, t.device) for t in (*tensors, input_t, *leaves))
         if key not in self.steps:
-            compiled = self._trace_and_compile(tensors, input_t, state, split)
+            small = input_t.shape[0] <= MATRIX_VECTOR_ROWS
+            compiled = self._trace_and_compile(tensors, input_t, state, split, reductions=small and not _step_loops_buildable())
+            if small and compiled.loops is None and not compiled.reductions:  # called a step at a time after all: reductions are faster there
+                seconds = compiled.seconds
+                compiled = self._trace_and_compile(tensors, input_t, state, split, reductions=True)
+                compiled.seconds += seconds
             self.steps[key] = compiled
             self.compile_seconds += compiled.seconds
             logger.info("compiled the step of %s for input %s in %.1f s", type(self.cell).__name__,
@@ -264,7 +278,10 @@ class CompiledLoop:
                         arguments[0].shape[0], seconds)
         return self.passes[key]
 
-    def _trace_and_compile(self, tensors: Sequence[Tensor], input_t: Tensor, state, split: Optional["_InputSplit"]) -> CompiledStep:
+    def _trace_and_compile(self, tensors: Sequence[Tensor], input_t: Tensor, state, split: Optional["_InputSplit"],
+                           reductions: bool) -> CompiledStep:
+        """Trace the step's forward and state-gradient, partition and compile them; `reductions`: with
+        its small matmuls written as a multiply and a sum (`_matrix_vector_decompositions`)."""
         from torch._functorch.partitioners import min_cut_rematerialization_partition
         from torch._inductor.decomposition import select_decomp_table
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -293,7 +310,7 @@ class CompiledLoop:
         primals = [*tensors, input_t.detach(), *(leaf.clone().requires_grad_() for leaf in leaves)]
         tangents = [torch.zeros_like(out, memory_format=torch.contiguous_format) for out in outputs]
         decompositions = select_decomp_table()
-        if input_t.shape[0] <= MATRIX_VECTOR_ROWS:  # the step's matmuls as reductions (see the module docstring)
+        if reductions:  # the step's matmuls as reductions (see the module docstring)
             decompositions = {**decompositions, **_matrix_vector_decompositions(decompositions)}
         graph = make_fx(joint, decomposition_table=decompositions)(primals, tangents)
         _check_graph(graph, type(self.cell).__name__)
@@ -315,7 +332,7 @@ class CompiledLoop:
             forward_call = _contiguous_outputs(forward_call, range(1, n + 1))
             backward_call = _contiguous_outputs(backward_call, range(n))
         loops = _step_loops(forward_call, example, backward_call, arguments, len(tensors), n, type(self.cell).__name__)
-        return CompiledStep(forward_call, backward_call, arguments, n, time.perf_counter() - start, loops)
+        return CompiledStep(forward_call, backward_call, arguments, n, time.perf_counter() - start, reductions, loops)
 
 
 # -- hoisting the input side of any cell -----------------------------------------------------------
@@ -519,6 +536,16 @@ def _inductor_compile(graph: torch.fx.GraphModule, example: list[Tensor]) -> Cal
         warnings.warn(f"longshort: TorchInductor could not compile the step ({type(error).__name__}: {error}); "
                       "running the traced graphs without compiling", RuntimeWarning, stacklevel=2)
         return lambda arguments: graph(*arguments)
+
+
+def _step_loops_buildable() -> bool:
+    """Whether the loops in C can run here at all (`STEP_LOOPS_IN_C`, and csrc/step_loops.c built)."""
+    from longshort.native import step_loops_library
+
+    try:
+        return STEP_LOOPS_IN_C and step_loops_library() is not None
+    except OSError:
+        return False
 
 
 def _step_loops(forward_call: Call, example: list[Tensor], backward_call: Call, arguments: list[tuple[str, int]],

@@ -41,7 +41,8 @@ import torch
 
 logger = logging.getLogger("longshort")
 
-SOURCE = Path(__file__).with_name("csrc") / "rnn_loops.c"
+CSRC = Path(__file__).with_name("csrc")  # the C sources, and the headers they include
+SOURCE = CSRC / "rnn_loops.c"
 STEP_LOOPS_SOURCE = SOURCE.with_name("step_loops.c")  # the compiled path's loops over time (`compiled_loops`), built the same way
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
@@ -99,7 +100,8 @@ def _build(source_path: Path) -> ctypes.CDLL:
     """Compile (or find already compiled) and load the library of `source_path`; raises OSError, saying why, where it cannot."""
     compiler = os.environ.get("CC", "cc")
     source = source_path.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _cpu_flags().encode()]))
+    headers = [header.read_bytes() for header in sorted(CSRC.glob("*.h"))]  # what the C files include
+    key = hashlib.sha256(b"\0".join([source, *headers, " ".join(FLAGS).encode(), compiler.encode(), _cpu_flags().encode()]))
     library = _cache_dir() / f"{source_path.stem}-{key.hexdigest()[:16]}.so"
     if not library.exists():
         try:
@@ -110,7 +112,7 @@ def _build(source_path: Path) -> ctypes.CDLL:
             raise OSError(f"cannot write to the cache folder {library.parent} ({error.strerror}; LONGSHORT_CACHE sets another)") from None
         os.close(handle)
         try:
-            result = subprocess.run([compiler, *FLAGS, str(source_path), "-o", partial, "-lm"], capture_output=True, text=True, timeout=120)
+            result = subprocess.run([compiler, *FLAGS, f"-I{CSRC}", str(source_path), "-o", partial, "-lm"], capture_output=True, text=True, timeout=120)
             if result.returncode != 0:
                 raise OSError(f"{compiler} failed: {_first_error(result.stderr) or result.returncode}")
             os.replace(partial, library)

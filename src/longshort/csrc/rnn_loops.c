@@ -44,6 +44,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "matrix_vector.h"
+
 #if !(defined(__x86_64__) && defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35)))
 #error "needs glibc >= 2.35 on x86-64 for vector exp and tanh (libmvec); without them torch's own ops are faster"
 #endif
@@ -118,14 +120,12 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * row-major, which gemm reads as W^T, or, with `w_transposed`, W^T (K, G) row-major, which gemm
  * reads as W.
  *
- * At batches up to SMALL_BATCH these are matrix-vector products, which rows_dot and
- * rows_axpy do on one core, reading each row of the weight once for all the batch's rows (from
- * L1 for the second and third): at B=1 in about half the time of gemm's call on two (LSTM,
+ * At batches up to SMALL_BATCH these are matrix-vector products, which rows_dot and rows_axpy
+ * (matrix_vector.h) do on one core, reading each row of the weight once for all the batch's rows
+ * (from L1 for the second and third): at B=1 in about half the time of gemm's call on two (LSTM,
  * H=256); a whole training step at H=256 took 9.7 ms instead of 12.5 at B=2 and 13.4 instead of
  * 18.8 at B=3 (GRU 8.0 / 9.9 and 10.7 / 13.6); at B=4 the two loops took 11.3 ms this way and
- * 10.2 calling gemm, so from B=4 on they call gemm.
- * For M (R, K) row-major: rows_dot is y (R) += M x, rows_axpy is y (K) += x^T M, each for the B
- * rows of x and y. */
+ * 10.2 calling gemm, so from B=4 on they call gemm. */
 #ifndef SMALL_BATCH
 #define SMALL_BATCH 3
 #endif
@@ -134,47 +134,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                   const scalar *, const scalar *, const int *, const scalar *,         \
                                   const int *, const scalar *, scalar *, const int *);                 \
                                                                                                        \
-    /* For each of the B rows b of x and y: rows_dot is y_b (R) += M x_b, rows_axpy y_b (K) += x_b^T M. */ \
-    static inline __attribute__((always_inline)) void rows_dot_##suffix(                              \
-        int64_t B, int64_t R, int64_t K, const scalar *restrict M,                                     \
-                                  const scalar *restrict x, scalar *restrict y) {                      \
-        int64_t r = 0;                                                                                 \
-        for (; r + 4 <= R; r += 4) { /* four rows at once: four independent sums keep the FMAs busy */ \
-            const scalar *restrict m0 = M + r * K, *restrict m1 = m0 + K;                              \
-            const scalar *restrict m2 = m1 + K, *restrict m3 = m2 + K;                                 \
-            for (int64_t b = 0; b < B; b++) { /* the four rows stay in L1 for every b */               \
-                const scalar *restrict x_b = x + b * K;                                                \
-                scalar s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                 \
-                _Pragma("omp simd reduction(+ : s0, s1, s2, s3)") for (int64_t k = 0; k < K; k++) {    \
-                    s0 += m0[k] * x_b[k], s1 += m1[k] * x_b[k], s2 += m2[k] * x_b[k], s3 += m3[k] * x_b[k]; \
-                }                                                                                      \
-                scalar *restrict y_b = y + b * R + r;                                                  \
-                y_b[0] += s0, y_b[1] += s1, y_b[2] += s2, y_b[3] += s3;                                \
-            }                                                                                          \
-        }                                                                                              \
-        for (; r < R; r++) {                                                                           \
-            const scalar *restrict row = M + r * K;                                                    \
-            for (int64_t b = 0; b < B; b++) {                                                          \
-                const scalar *restrict x_b = x + b * K;                                                \
-                scalar sum = 0;                                                                        \
-                _Pragma("omp simd reduction(+ : sum)") for (int64_t k = 0; k < K; k++) sum += row[k] * x_b[k]; \
-                y[b * R + r] += sum;                                                                   \
-            }                                                                                          \
-        }                                                                                              \
-    }                                                                                                  \
-                                                                                                       \
-    static inline __attribute__((always_inline)) void rows_axpy_##suffix(                             \
-        int64_t B, int64_t R, int64_t K, const scalar *restrict M,                                     \
-                                   const scalar *restrict x, scalar *restrict y) {                     \
-        for (int64_t r = 0; r < R; r++) {                                                              \
-            const scalar *restrict row = M + r * K;                                                    \
-            for (int64_t b = 0; b < B; b++) {                                                          \
-                const scalar x_r = x[b * R + r];                                                       \
-                scalar *restrict y_b = y + b * K;                                                      \
-                for (int64_t k = 0; k < K; k++) y_b[k] += x_r * row[k];                                \
-            }                                                                                          \
-        }                                                                                              \
-    }                                                                                                  \
+    MATRIX_VECTOR(scalar, suffix)                                                                      \
                                                                                                        \
     /* z (B, G) += (r h) (B, K) W_hh^T in the rows [b0, b1) of the batch, r the recurrent dropout      \
      * mask (B, K) or NULL; buffer (B, K). */                                                          \

@@ -20,6 +20,11 @@
  * A matmul out (M, N) = beta bias + alpha a (M, K) b (K, N), all row-major (a, b maybe stored
  * transposed), goes to the BLAS gemm (column-major, Fortran convention) as
  * out^T (N, M) = alpha b^T a^T + beta out^T, in which a row-major b is read as b^T as it is ('N').
+ * Up to SMALL_ROWS rows (M), with a, b and out each contiguous, it is this file's own
+ * matrix-vector products instead (matrix_vector.h), on the calling thread: a gemm call costs more
+ * than the arithmetic there. `longshort.compiled` then keeps the step's small matmuls as matmuls,
+ * instead of tracing them as a multiply and a sum, which Inductor compiles into one dot product
+ * per output with a single accumulator, waiting on its adds.
  *
  * Masks (mask (T, B) bytes, NULL for none): at a padding row the state is carried over, and
  * in the backward its cotangent passes back unchanged, the step's own share zeroed.
@@ -27,10 +32,16 @@
  * Every kernel parameter is a pointer (`compiled_loops` refuses a kernel with any other), so a
  * kernel is called through a function type of its number of parameters, all `void*`.
  */
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
-enum { KERNEL = 0, GEMM = 1, MAX_ARGUMENTS = 32 };
+#include "matrix_vector.h"
+
+/* SMALL_ROWS: longshort.compiled.MATRIX_VECTOR_ROWS; SPLIT_PRODUCT: from N K of this many on, a one-row
+ * product is split between the threads (a 64-unit LSTM's 256 x 64 is; the value is not tuned). */
+enum { KERNEL = 0, GEMM = 1, MAX_ARGUMENTS = 32, SMALL_ROWS = 4, SPLIT_PRODUCT = 1 << 14 };
 
 typedef void (*sgemm_function)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                                const int*, const float*, const int*, const float*, float*, const int*);
@@ -48,9 +59,48 @@ static double as_double(int64_t bits) {
 }
 
 #define MATMUL(scalar, gemm_type)                                                                      \
+    MATRIX_VECTOR(scalar, scalar)                                                                      \
+    /* c (M, N) = a (M, K) b (K, N), M <= SMALL_ROWS, all contiguous, b stored as b^T (N, K) if        \
+     * `transposed`. One row of a: split between OpenMP's threads (as Inductor's kernels are), each     \
+     * reading its part of b, which then fits its core's cache: c's columns for b^T, b's rows for b    \
+     * (each thread's sum into a buffer of its own, added at the end). */                             \
+    static void small_matmul_##scalar(int M, int N, int K, const scalar* a, const scalar* b, int transposed, \
+                                      scalar* c) {                                                     \
+        for (int i = 0; i < M * N; i++) c[i] = 0;                                                      \
+        const int threads = M == 1 && (int64_t)N * K >= SPLIT_PRODUCT ? omp_get_max_threads() : 1;    \
+        if (threads == 1) {                                                                            \
+            if (transposed) rows_dot_##scalar(M, N, K, b, a, c); /* c_m += b^T a_m */                  \
+            else rows_axpy_##scalar(M, K, N, b, a, c);           /* c_m += a_m^T b */                  \
+            return;                                                                                    \
+        }                                                                                              \
+        scalar* partial = transposed ? NULL : calloc((size_t)(threads - 1) * N, sizeof(scalar));       \
+        if (!transposed && !partial) { rows_axpy_##scalar(1, K, N, b, a, c); return; }                 \
+        _Pragma("omp parallel num_threads(threads)") {                                                 \
+            const int t = omp_get_thread_num(), n = omp_get_num_threads();                             \
+            if (transposed) { /* columns [j0, j1) of c, in fours */                                    \
+                const int j0 = (int)((int64_t)N * t / n) & ~3, j1 = t == n - 1 ? N : (int)((int64_t)N * (t + 1) / n) & ~3; \
+                rows_dot_##scalar(1, j1 - j0, K, b + (int64_t)j0 * K, a, c + j0);                      \
+            } else { /* rows [k0, k1) of b, into c (thread 0) or a buffer */                           \
+                const int k0 = (int)((int64_t)K * t / n), k1 = (int)((int64_t)K * (t + 1) / n);        \
+                rows_axpy_##scalar(1, k1 - k0, N, b + (int64_t)k0 * N, a + k0, t ? partial + (int64_t)(t - 1) * N : c); \
+            }                                                                                          \
+        }                                                                                              \
+        if (partial) {                                                                                 \
+            for (int t = 1; t < threads; t++)                                                          \
+                for (int j = 0; j < N; j++) c[j] += partial[(int64_t)(t - 1) * N + j];                 \
+            free(partial);                                                                             \
+        }                                                                                              \
+    }                                                                                                  \
     static void matmul_##scalar(void* gemm, int M, int N, int K, scalar alpha, const scalar* a, char op_a, \
                                 int lda, const scalar* b, char op_b, int ldb, scalar beta, scalar* c, int ldc, \
                                 const scalar* bias, int64_t bias_row, int64_t bias_column) {           \
+        if (M <= SMALL_ROWS && op_a == 'N' && lda == K && ldc == N && ldb == (op_b == 'N' ? N : K)) {  \
+            small_matmul_##scalar(M, N, K, a, b, op_b == 'T', c);                                      \
+            for (int i = 0; i < M; i++)                                                                \
+                for (int j = 0; j < N; j++)                                                            \
+                    c[i * N + j] = alpha * c[i * N + j] + (bias ? beta * bias[i * bias_row + j * bias_column] : 0); \
+            return;                                                                                    \
+        }                                                                                              \
         if (bias)                                                                                      \
             for (int i = 0; i < M; i++)                                                                \
                 for (int j = 0; j < N; j++) c[i * ldc + j] = bias[i * bias_row + j * bias_column];     \

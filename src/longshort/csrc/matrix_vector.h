@@ -1,0 +1,57 @@
+/* Matrix-vector products, shared by rnn_loops.c (the fused kernels' loops) and step_loops.c (the
+ * compiled path's): for a step of up to a few rows, a call of the BLAS gemm costs more than the
+ * arithmetic, and a plain dot product per output waits on its own adds. `longshort.native` builds
+ * each C file with the headers of its folder in its cache key.
+ *
+ * For M (R, K) row-major, and the B rows of x and y, each row-major and contiguous:
+ *   rows_dot_<suffix>   y_b (R) += M x_b      four rows of M at once, four independent sums
+ *   rows_axpy_<suffix>  y_b (K) += x_b^T M    a row of M at a time, added along y_b
+ * reading each row of M once for all B rows (from L1 for the second and later).
+ * MATRIX_VECTOR(scalar, suffix) defines both for one type; it needs `omp simd` (-fopenmp). */
+#ifndef LONGSHORT_MATRIX_VECTOR_H
+#define LONGSHORT_MATRIX_VECTOR_H
+#include <stdint.h>
+
+#define MATRIX_VECTOR(scalar, suffix)                                                                  \
+    static inline __attribute__((always_inline)) void rows_dot_##suffix(                               \
+        int64_t B, int64_t R, int64_t K, const scalar *restrict M,                                     \
+                                  const scalar *restrict x, scalar *restrict y) {                      \
+        int64_t r = 0;                                                                                 \
+        for (; r + 4 <= R; r += 4) { /* four rows at once: four independent sums keep the FMAs busy */ \
+            const scalar *restrict m0 = M + r * K, *restrict m1 = m0 + K;                              \
+            const scalar *restrict m2 = m1 + K, *restrict m3 = m2 + K;                                 \
+            for (int64_t b = 0; b < B; b++) { /* the four rows stay in L1 for every b */               \
+                const scalar *restrict x_b = x + b * K;                                                \
+                scalar s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                 \
+                _Pragma("omp simd reduction(+ : s0, s1, s2, s3)") for (int64_t k = 0; k < K; k++) {    \
+                    s0 += m0[k] * x_b[k], s1 += m1[k] * x_b[k], s2 += m2[k] * x_b[k], s3 += m3[k] * x_b[k];\
+                }                                                                                      \
+                scalar *restrict y_b = y + b * R + r;                                                  \
+                y_b[0] += s0, y_b[1] += s1, y_b[2] += s2, y_b[3] += s3;                                \
+            }                                                                                          \
+        }                                                                                              \
+        for (; r < R; r++) {                                                                           \
+            const scalar *restrict row = M + r * K;                                                    \
+            for (int64_t b = 0; b < B; b++) {                                                          \
+                const scalar *restrict x_b = x + b * K;                                                \
+                scalar sum = 0;                                                                        \
+                _Pragma("omp simd reduction(+ : sum)") for (int64_t k = 0; k < K; k++) sum += row[k] * x_b[k];\
+                y[b * R + r] += sum;                                                                   \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    static inline __attribute__((always_inline)) void rows_axpy_##suffix(                              \
+        int64_t B, int64_t R, int64_t K, const scalar *restrict M,                                     \
+                                   const scalar *restrict x, scalar *restrict y) {                     \
+        for (int64_t r = 0; r < R; r++) {                                                              \
+            const scalar *restrict row = M + r * K;                                                    \
+            for (int64_t b = 0; b < B; b++) {                                                          \
+                const scalar x_r = x[b * R + r];                                                       \
+                scalar *restrict y_b = y + b * K;                                                      \
+                for (int64_t k = 0; k < K; k++) y_b[k] += x_r * row[k];                                \
+            }                                                                                          \
+        }                                                                                              \
+    }
+
+#endif
