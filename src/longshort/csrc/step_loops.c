@@ -21,8 +21,8 @@
  * transposed), goes to the BLAS gemm (column-major, Fortran convention) as
  * out^T (N, M) = alpha b^T a^T + beta out^T, in which a row-major b is read as b^T as it is ('N').
  * Up to SMALL_ROWS rows (M), with a, b and out each contiguous, it is this file's own
- * matrix-vector products instead (matrix_vector.h), on the calling thread: a gemm call costs more
- * than the arithmetic there. `longshort.compiled` then keeps the step's small matmuls as matmuls,
+ * matrix-vector products instead (matrix_vector.h; a one-row product split between the threads):
+ * a gemm call costs more than the arithmetic there. `longshort.compiled` then keeps the step's small matmuls as matmuls,
  * instead of tracing them as a multiply and a sum, which Inductor compiles into one dot product
  * per output with a single accumulator, waiting on its adds.
  *
@@ -62,8 +62,8 @@ static double as_double(int64_t bits) {
     MATRIX_VECTOR(scalar, scalar)                                                                      \
     /* c (M, N) = a (M, K) b (K, N), M <= SMALL_ROWS, all contiguous, b stored as b^T (N, K) if        \
      * `transposed`. One row of a: split between OpenMP's threads (as Inductor's kernels are), each     \
-     * reading its part of b, which then fits its core's cache: c's columns for b^T, b's rows for b    \
-     * (each thread's sum into a buffer of its own, added at the end). */                             \
+     * reading its part of b: c's columns for b^T, b's rows for b (each thread's sum into a buffer     \
+     * of its own, added at the end). */                                                               \
     static void small_matmul_##scalar(int M, int N, int K, const scalar* a, const scalar* b, int transposed, \
                                       scalar* c) {                                                     \
         for (int i = 0; i < M * N; i++) c[i] = 0;                                                      \
