@@ -7,10 +7,17 @@
  *   rows_dot_<suffix>   y_b (R) += M x_b      four rows of M at once, four independent sums
  *   rows_axpy_<suffix>  y_b (K) += x_b^T M    a row of M at a time, added along y_b
  * reading each row of M once for all B rows (from L1 for the second and later).
- * MATRIX_VECTOR(scalar, suffix) defines both for one type; it needs `omp simd` (-fopenmp). */
+ * MATRIX_VECTOR(scalar, suffix) defines both for one type; it needs `omp simd` (-fopenmp).
+ * Beyond a few rows both files call torch's BLAS gemm instead: GEMM_FUNCTION(scalar, name) is its
+ * type (Fortran convention: column-major, every argument by address). */
 #ifndef LONGSHORT_MATRIX_VECTOR_H
 #define LONGSHORT_MATRIX_VECTOR_H
 #include <stdint.h>
+
+#define GEMM_FUNCTION(scalar, name)                                                                    \
+    typedef void (*name)(const char *, const char *, const int *, const int *, const int *, const scalar *, \
+                         const scalar *, const int *, const scalar *, const int *, const scalar *, scalar *, \
+                         const int *)
 
 #define MATRIX_VECTOR(scalar, suffix)                                                                  \
     static inline __attribute__((always_inline)) void rows_dot_##suffix(                               \

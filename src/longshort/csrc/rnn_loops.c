@@ -130,9 +130,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
 #define SMALL_BATCH 3
 #endif
 #define MATMULS(scalar, suffix)                                                                        \
-    typedef void (*gemm_##suffix)(const char *, const char *, const int *, const int *, const int *,   \
-                                  const scalar *, const scalar *, const int *, const scalar *,         \
-                                  const int *, const scalar *, scalar *, const int *);                 \
+    GEMM_FUNCTION(scalar, gemm_##suffix);                                                              \
                                                                                                        \
     MATRIX_VECTOR(scalar, suffix)                                                                      \
                                                                                                        \

@@ -43,10 +43,8 @@
  * product is split between the threads (a 64-unit LSTM's 256 x 64 is; the value is not tuned). */
 enum { KERNEL = 0, GEMM = 1, MAX_ARGUMENTS = 32, SMALL_ROWS = 4, SPLIT_PRODUCT = 1 << 14 };
 
-typedef void (*sgemm_function)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
-                               const int*, const float*, const int*, const float*, float*, const int*);
-typedef void (*dgemm_function)(const char*, const char*, const int*, const int*, const int*, const double*,
-                               const double*, const int*, const double*, const int*, const double*, double*, const int*);
+GEMM_FUNCTION(float, sgemm_function);
+GEMM_FUNCTION(double, dgemm_function);
 
 static char* at(char* const* base, const int64_t* stride, int64_t t, const int64_t* slot_offset) {
     return base[slot_offset[0]] + t * stride[slot_offset[0]] + slot_offset[1];
