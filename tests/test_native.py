@@ -89,7 +89,7 @@ def test_the_batch_split_between_threads_agrees_with_one_thread(monkeypatch, bat
     results = {}
     for rows, threads in ((10**9, 1), (rows_per_thread, 2)):
         monkeypatch.setattr(native, "ROWS_PER_THREAD", rows)
-        assert native.threads_for(batch) == threads
+        assert native.threads_for(batch, torch.empty(4 * 37, 37)) == threads
         torch.manual_seed(1)  # the same dropout and zoneout masks
         layer.zero_grad()
         results[threads] = training_step(layer, x, lengths)
@@ -98,12 +98,56 @@ def test_the_batch_split_between_threads_agrees_with_one_thread(monkeypatch, bat
 
 
 def test_threads_follow_torch_and_the_batch(monkeypatch):
+    small, large = torch.empty(4 * 64, 64), torch.empty(4 * 256, 256)  # an LSTM's recurrent weight at H=64, 256
+    assert small.numel() < native.SPLIT_PRODUCT <= large.numel()
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert [native.threads_for(batch) for batch in (1, 2, 3, 32)] == [1, 2, 2, 2]
+    assert [native.threads_for(batch, small) for batch in (1, 2, 3, 32)] == [1, 2, 2, 2]
+    assert [native.threads_for(batch, large) for batch in (1, 2, 3, 32)] == [2, 2, 2, 2]  # one row: the products split
     monkeypatch.setattr(native, "ROWS_PER_THREAD", 4)
-    assert [native.threads_for(batch) for batch in (1, 3, 4, 7, 8, 32)] == [1, 1, 1, 1, 2, 2]
+    assert [native.threads_for(batch, small) for batch in (1, 3, 4, 7, 8, 32)] == [1, 1, 1, 1, 2, 2]
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # torch.set_num_threads(1): the caller alone
-    assert native.threads_for(32) == 1
+    assert native.threads_for(32, small) == native.threads_for(1, large) == 1
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("layer_class, options", [
+    (ls.LSTM, {}), (ls.GRU, {}), (ls.SimpleRNN, {"activation": "tanh"}), (ls.SimpleRNN, {"activation": "relu"}),
+    (ls.LayerNormLSTM, {}), (ls.LSTM, {"peephole": True, "zoneout": 0.2}),
+], ids=["lstm", "gru", "rnn_tanh", "rnn_relu", "layer_norm", "peephole_zoneout"])
+def test_the_products_split_between_threads_at_one_row_agree_with_one_thread(monkeypatch, threads, layer_class, options):
+    """A batch of one: each thread computes a part of every step's recurrent product, forward and
+    backward, and thread 0 the gate math between. 67 units put the parts' edges at odd places
+    (rounded down to 16 elements; on three threads a part of the backward's 67 outputs is empty),
+    padding the last steps and recurrent dropout use the masks' code. Against one thread."""
+    torch.manual_seed(0)
+    layer = layer_class(67, return_sequences=True, recurrent_dropout=0.3, implementation="fused", **options).double()
+    x = torch.randn(1, 9, 11, dtype=torch.float64)
+    layer(x)  # builds the (lazy) layer
+    weight = next(p for name, p in layer.named_parameters() if "weight_hh" in name)
+    results = {}
+    for split_product, threads_used in ((weight.numel() + 1, 1), (weight.numel(), threads)):
+        monkeypatch.setattr(native, "SPLIT_PRODUCT", split_product)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        assert native.threads_for(1, weight) == threads_used
+        torch.manual_seed(1)  # the same dropout and zoneout masks
+        layer.zero_grad()
+        results[threads_used] = training_step(layer, x, torch.tensor([6]))
+    for split, whole in zip(results[threads], results[1]):
+        torch.testing.assert_close(split, whole, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch, split, flag", [(1, False, 1), (1, True, 0), (3, False, 1), (32, False, 1)])
+def test_the_forward_loop_gets_the_weight_laid_out_for_its_products(monkeypatch, batch, split, flag):
+    """W^T row-major (flag 1), except where the threads split a batch of one's products: W as the
+    layer holds it, not copied."""
+    weight = torch.randn(4 * 8, 8)
+    monkeypatch.setattr(native, "SPLIT_PRODUCT", weight.numel() if split else weight.numel() + 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    laid_out, transposed = native.forward_weight(weight, batch)
+    assert transposed == flag and torch.equal(laid_out, weight)
+    assert (laid_out.data_ptr() == weight.data_ptr()) == (flag == 0)
+    assert (laid_out.T if transposed else laid_out).is_contiguous()
 
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")

@@ -75,7 +75,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from longshort import workspace
-from longshort.native import LoopKernels, address, loops_for, threads_for, weight_layout
+from longshort.native import LoopKernels, address, forward_weight, loops_for, threads_for, weight_layout
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -103,13 +103,12 @@ class GRURecurrence(torch.autograd.Function):
             r.masked_fill_(skip, 0.0)
             n.masked_fill_(skip, 0.0)
             z.masked_fill_(skip, float("inf"))  # z = sigmoid(inf + q_z) = 1 exactly
-        w_t = weight_hh.T.contiguous()  # (H, 3H), row-major
         h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         h_all[0] = h0
         h_in = None if recurrent_mask is None else p.new_empty(B, H)
         kernels = loops_for(p)
         steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
-        steps(rzq, n, h_all, w_t, recurrent_mask, h_in)
+        steps(rzq, n, h_all, weight_hh, recurrent_mask, h_in)
         y = h_all[1:]  # (T, B, H)
         if step_mask is not None:
             y = y * step_mask.T.unsqueeze(-1)
@@ -159,9 +158,10 @@ class GRURecurrence(torch.autograd.Function):
 # The loops. The torch-ops versions are the reference; where longshort.native builds
 # csrc/rnn_loops.c the same loops run in C, one call each way (its equations: the same as here).
 
-def _forward_steps(rzq, n, h_all, w_t, recurrent_mask, h_in) -> None:
+def _forward_steps(rzq, n, h_all, weight_hh, recurrent_mask, h_in) -> None:
     """The forward loop, in place: rzq (T, B, 3H) becomes r, z, q_n; n (T, B, H) holds p_n and becomes n; h_all (T + 1, B, H)."""
     H = n.shape[-1]
+    w_t = weight_hh.T.contiguous()  # (H, 3H), row-major
     rz, (r, z, q_n) = rzq[..., : 2 * H], rzq.split(H, dim=2)
     with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
         # The per-step views (B, ...), made once: cheaper than indexing in the loop.
@@ -197,18 +197,18 @@ def _backward_steps(rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> Non
                 dh_prev.addmm_(dq, weight_hh)
 
 
-def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, w_t, recurrent_mask, h_in) -> None:
+def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, weight_hh, recurrent_mask, h_in) -> None:
     """As `_forward_steps`."""
     T, B, H = n.shape
-    w, transposed = weight_layout(w_t.T)  # W_hh (3H, H), stored transposed
-    kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm, threads_for(B))
+    w, transposed = forward_weight(weight_hh, B)
+    kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm, threads_for(B, w))
 
 
 def _backward_steps_in_c(kernels: LoopKernels, rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> None:
     """As `_backward_steps`."""
     T, B, three_h = rzq.shape
     w, transposed = weight_layout(weight_hh)
-    kernels.gru_backward(T, B, three_h // 3, *map(address, (rzq, dq_all, dh_all, recurrent_mask, dq_w, w)), transposed, kernels.gemm, threads_for(B))
+    kernels.gru_backward(T, B, three_h // 3, *map(address, (rzq, dq_all, dh_all, recurrent_mask, dq_w, w)), transposed, kernels.gemm, threads_for(B, w))
 
 
 def gru_recurrence(

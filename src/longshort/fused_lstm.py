@@ -71,7 +71,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from longshort import workspace
-from longshort.native import LoopKernels, address, loops_for, threads_for, weight_layout
+from longshort.native import LoopKernels, address, forward_weight, loops_for, threads_for, weight_layout
 
 
 class LSTMRecurrence(torch.autograd.Function):
@@ -91,7 +91,7 @@ class LSTMRecurrence(torch.autograd.Function):
         kernels = loops_for(p)
         with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
             steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
-            steps(z_all, h_all, c_all, tanh_c_all, _in_step_layout(weight_hh, B), masks, recurrent_mask)
+            steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks.unsqueeze(-1)
@@ -117,16 +117,17 @@ class LSTMRecurrence(torch.autograd.Function):
         kernels = loops_for(z_all)
         with torch.inference_mode():  # every tensor kept or returned was allocated outside: none is an inference tensor
             steps = _backward_steps if kernels is None else partial(_backward_steps_in_c, kernels)
-            dc = steps(z_all, c_all, tanh_c_all, _in_step_layout(weight_hh, B), masks, recurrent_mask, dh_outs, dc, dz_all)
+            dc = steps(z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all)
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
         return dz_all, dh_outs[0], dc, dweight_hh, None, None
 
 
 def _in_step_layout(weight_hh: Tensor, batch: int) -> Tensor:
-    """weight_hh (4H, H), laid out in memory for the per-step matmuls: as it is, except at a batch
-    of one or two, where a step's matmul is a matrix-vector product, faster with the transpose
-    contiguous both ways (B=1, H=256 here: 19 us instead of 26 forward, 19 instead of 23 backward)."""
+    """weight_hh (4H, H), laid out in memory for the torch ops' per-step matmuls: as it is, except
+    at a batch of one or two, where a step's matmul is a matrix-vector product, faster with the
+    transpose contiguous both ways (B=1, H=256 here: 19 us instead of 26 forward, 19 instead of 23
+    backward). The C loops choose their own (`native.loop_weight`)."""
     return weight_hh.T.contiguous().T if batch <= 2 else weight_hh
 
 
@@ -135,7 +136,7 @@ def _in_step_layout(weight_hh: Tensor, batch: int) -> Tensor:
 def _forward_steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask) -> None:
     """The forward loop, in place: z_all (T, B, 4H) from p_t to the activated gates; h_all, c_all (T + 1, B, H); tanh_c_all (T, B, H)."""
     H = h_all.shape[-1]
-    w_t = weight_hh.T  # (H, 4H)
+    w_t = _in_step_layout(weight_hh, h_all.shape[1]).T  # (H, 4H)
     h_in = h_all.new_empty(h_all.shape[1:])
     zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
     is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
@@ -159,6 +160,7 @@ def _backward_steps(z_all, c_all, tanh_c, weight_hh, masks, recurrent_mask, dh_o
     (dh_outs[0] ends as dL/dh_0), and returns dL/dc_0 from dc_state = dL/dc_T."""
     T, B, four_h = z_all.shape
     H = four_h // 4
+    weight_hh = _in_step_layout(weight_hh, B)
     i, f, g, o = z_all.split(H, dim=2)  # each (T, B, H)
     c_prev = c_all[:-1]
     # The factors of the derivation that do not depend on dh, dc: all steps at once, each a
@@ -209,10 +211,10 @@ def _backward_steps(z_all, c_all, tanh_c, weight_hh, masks, recurrent_mask, dh_o
 def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask) -> None:
     """As `_forward_steps`."""
     T, B, four_h = z_all.shape
-    w, w_transposed = weight_layout(weight_hh)
+    w, w_transposed = forward_weight(weight_hh, B)
     buffer = None if recurrent_mask is None else h_all.new_empty(B, four_h // 4)
     kernels.lstm_forward(T, B, four_h // 4, *map(address, (z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w)),
-                         w_transposed, kernels.gemm, threads_for(B))
+                         w_transposed, kernels.gemm, threads_for(B, w))
 
 
 def _backward_steps_in_c(kernels: LoopKernels, z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all) -> Tensor:
@@ -221,7 +223,7 @@ def _backward_steps_in_c(kernels: LoopKernels, z_all, c_all, tanh_c_all, weight_
     w, w_transposed = weight_layout(weight_hh)
     buffer = None if recurrent_mask is None else dc.new_empty(B, four_h // 4)
     kernels.lstm_backward(T, B, four_h // 4, *map(address, (z_all, c_all, tanh_c_all, dh_outs, dc, dz_all, masks, recurrent_mask, buffer, w)),
-                          w_transposed, kernels.gemm, threads_for(B))
+                          w_transposed, kernels.gemm, threads_for(B, w))
     return dc
 
 

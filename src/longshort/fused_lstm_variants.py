@@ -79,7 +79,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from longshort import workspace
-from longshort.native import LoopKernels, address, loops_for, threads_for, weight_layout
+from longshort.native import LoopKernels, address, forward_weight, loops_for, threads_for, weight_layout
 
 
 class LayerNormWeights(NamedTuple):
@@ -150,7 +150,6 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         carry_h, carry_c = hold_h is not None or rate_h is not None, hold_c is not None or rate_c is not None
         zoned_c = isinstance(keep_c, Tensor) or rate_c is not None
         z_all = workspace.empty(p, T, B, four_h).copy_(p)  # (T, B, 4H), becomes the activated gates
-        w_t = weight_hh.T.contiguous()  # (H, 4H); a contiguous copy: torch's per-step matmul runs about 1.4-2x faster, and the C loop's at B = 1
         h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         c_all = workspace.empty(p, T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
@@ -159,10 +158,11 @@ class LSTMVariantRecurrence(torch.autograd.Function):
         w_cif = torch.stack([w_ci, w_cf]) if peephole else None  # (2, H)
         kernels = loops_for(p)
         if kernels is not None:  # the same loop in C (longshort.native)
-            qhat, rsig_q = _forward_steps_in_c(kernels, z_all, h_all, c_all, c_new_all, tanh_n_all, w_t.T, w_cif, w_co,
+            qhat, rsig_q = _forward_steps_in_c(kernels, z_all, h_all, c_all, c_new_all, tanh_n_all, weight_hh, w_cif, w_co,
                                                LayerNormWeights(gain_hh, gain_c, shift_c, eps) if ln else None,
                                                (hold_h, rate_h), (hold_c, rate_c), recurrent_mask)
         else:
+            w_t = weight_hh.T.contiguous()  # (H, 4H); a contiguous copy: torch's per-step matmul runs about 1.4-2x faster
             # The per-step views, made once: cheaper than indexing in the loop. A state that is carried
             # through zoneout or a step mask is computed into a buffer first.
             zs, if_parts = z_all.unbind(0), z_all[..., : 2 * H].unbind(0)
@@ -337,13 +337,13 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, c_new_all, ta
         gain_hh, gain_c, shift_c, eps = layer_norm
         qhat, rsig_q, q = workspace.empty(z_all, T, B, four_h), z_all.new_empty(T, B, 1), z_all.new_empty(B, four_h)
     params = torch.tensor([rate_h or 0.0, rate_c or 0.0, eps], dtype=z_all.dtype)
-    w, transposed = weight_layout(weight_hh)
+    w, transposed = forward_weight(weight_hh, B)
     buffer = None if recurrent_mask is None else z_all.new_empty(B, H)
     weights = (None if x is None else x.contiguous() for x in (w_cif, w_co, gain_hh, gain_c, shift_c))
     kernels.lstm_variant_forward(
         T, B, H, *map(address, (z_all, h_all, c_all, c_new_all, tanh_n_all, qhat, rsig_q, q, *weights)),
         address(hold_h), _width(hold_h), address(hold_c), _width(hold_c),
-        *map(address, (params, recurrent_mask, buffer, w)), transposed, kernels.gemm, threads_for(B))
+        *map(address, (params, recurrent_mask, buffer, w)), transposed, kernels.gemm, threads_for(B, w))
     return qhat, rsig_q
 
 
@@ -358,7 +358,7 @@ def _backward_steps_in_c(kernels: LoopKernels, dz_all, dq_all, dh_outs, dc_state
     scratch = dz_all.new_empty(B, 3 * H)
     kernels.lstm_variant_backward(
         T, B, H, *map(address, (dz_all, dq_all, dh_outs, dc_state, scratch, *factors, gain_hh, u_h, v_h)), _width(u_h),
-        *map(address, (u_c, v_c)), _width(u_c), *map(address, (recurrent_mask, buffer, w)), transposed, kernels.gemm, threads_for(B))
+        *map(address, (u_c, v_c)), _width(u_c), *map(address, (recurrent_mask, buffer, w)), transposed, kernels.gemm, threads_for(B, w))
 
 
 def lstm_variant_recurrence(

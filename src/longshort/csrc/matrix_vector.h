@@ -3,11 +3,14 @@
  * arithmetic, and a plain dot product per output waits on its own adds. `longshort.native` builds
  * each C file with the headers of its folder in its cache key.
  *
- * For M (R, K) row-major, and the B rows of x and y, each row-major and contiguous:
+ * For M (R, K) row-major (rows_axpy: its rows ldm elements apart, so that M can be a block of
+ * columns of a wider matrix), and the B rows of x and y, each row-major and contiguous:
  *   rows_dot_<suffix>   y_b (R) += M x_b      four rows of M at once, four independent sums
  *   rows_axpy_<suffix>  y_b (K) += x_b^T M    a row of M at a time, added along y_b
  * reading each row of M once for all B rows (from L1 for the second and later).
- * MATRIX_VECTOR(scalar, suffix) defines both for one type; it needs `omp simd` (-fopenmp).
+ * A one-row product can be split between threads, each adding a part of y (add_product_part,
+ * from part_start): no two parts share a cache line, and no thread waits on another's sums.
+ * MATRIX_VECTOR(scalar, suffix) defines these for one type; it needs `omp simd` (-fopenmp).
  * Beyond a few rows both files call torch's BLAS gemm instead: GEMM_FUNCTION(scalar, name) is its
  * type (Fortran convention: column-major, every argument by address). */
 #ifndef LONGSHORT_MATRIX_VECTOR_H
@@ -18,6 +21,12 @@
     typedef void (*name)(const char *, const char *, const int *, const int *, const int *, const scalar *, \
                          const scalar *, const int *, const scalar *, const int *, const scalar *, scalar *, \
                          const int *)
+
+/* Where the thread `part` of `parts` starts in n outputs split between them (part = parts: n, the
+ * end): evenly, rounded down to 16 elements, 64 bytes of float. */
+static inline int64_t part_start(int64_t n, int64_t part, int64_t parts) {
+    return part == parts ? n : (n * part / parts) & ~(int64_t)15;
+}
 
 #define MATRIX_VECTOR(scalar, suffix)                                                                  \
     static inline __attribute__((always_inline)) void rows_dot_##suffix(                               \
@@ -49,16 +58,34 @@
     }                                                                                                  \
                                                                                                        \
     static inline __attribute__((always_inline)) void rows_axpy_##suffix(                              \
-        int64_t B, int64_t R, int64_t K, const scalar *restrict M,                                     \
+        int64_t B, int64_t R, int64_t K, const scalar *restrict M, int64_t ldm,                        \
                                    const scalar *restrict x, scalar *restrict y) {                     \
-        for (int64_t r = 0; r < R; r++) {                                                              \
-            const scalar *restrict row = M + r * K;                                                    \
+        int64_t r = 0;                                                                                 \
+        for (; r + 4 <= R; r += 4) { /* four rows at once: y_b loaded and stored once for four FMAs */ \
+            const scalar *restrict m0 = M + r * ldm, *restrict m1 = m0 + ldm;                          \
+            const scalar *restrict m2 = m1 + ldm, *restrict m3 = m2 + ldm;                             \
+            for (int64_t b = 0; b < B; b++) {                                                          \
+                const scalar *x_b = x + b * R + r, x0 = x_b[0], x1 = x_b[1], x2 = x_b[2], x3 = x_b[3]; \
+                scalar *restrict y_b = y + b * K;                                                      \
+                for (int64_t k = 0; k < K; k++) y_b[k] += x0 * m0[k] + x1 * m1[k] + x2 * m2[k] + x3 * m3[k]; \
+            }                                                                                          \
+        }                                                                                              \
+        for (; r < R; r++) {                                                                           \
+            const scalar *restrict row = M + r * ldm;                                                  \
             for (int64_t b = 0; b < B; b++) {                                                          \
                 const scalar x_r = x[b * R + r];                                                       \
                 scalar *restrict y_b = y + b * K;                                                      \
                 for (int64_t k = 0; k < K; k++) y_b[k] += x_r * row[k];                                \
             }                                                                                          \
         }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
+    /* y[j0, j1) += (A x)[j0, j1), one row x (I), for A (J, I) stored row-major (a_rows) or as A^T      \
+     * (I, J) row-major: a thread's part of y = A x. */                                                \
+    static inline void add_product_part_##suffix(int64_t J, int64_t I, const scalar *a, int64_t a_rows, \
+                                                 const scalar *x, scalar *y, int64_t j0, int64_t j1) { \
+        if (a_rows) rows_dot_##suffix(1, j1 - j0, I, a + j0 * I, x, y + j0);                           \
+        else rows_axpy_##suffix(1, I, j1 - j0, a + j0, J, x, y + j0);                                  \
     }
 
 #endif

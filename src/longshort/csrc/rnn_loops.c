@@ -125,7 +125,9 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * (from L1 for the second and third): at B=1 in about half the time of gemm's call on two (LSTM,
  * H=256); a whole training step at H=256 took 9.7 ms instead of 12.5 at B=2 and 13.4 instead of
  * 18.8 at B=3 (GRU 8.0 / 9.9 and 10.7 / 13.6); at B=4 the two loops took 11.3 ms this way and
- * 10.2 calling gemm, so from B=4 on they call gemm. */
+ * 10.2 calling gemm, so from B=4 on they call gemm. At B=1 the product can be split between the
+ * threads (Threads, below). SMALL_BATCH comes from longshort.native (-DSMALL_BATCH), which lays
+ * the weight out for these products (`forward_weight`). */
 #ifndef SMALL_BATCH
 #define SMALL_BATCH 3
 #endif
@@ -135,10 +137,11 @@ double tanh(double) __attribute__((simd("notinbranch")));
     MATRIX_VECTOR(scalar, suffix)                                                                      \
                                                                                                        \
     /* z (B, G) += (r h) (B, K) W_hh^T in the rows [b0, b1) of the batch, r the recurrent dropout      \
-     * mask (B, K) or NULL; buffer (B, K). */                                                          \
+     * mask (B, K) or NULL; buffer (B, K). Split in `parts` (B = 1, see Threads below): this          \
+     * thread's part of z's G outputs, after the gate math of thread 0 (rows [0, 1)) and before. */    \
     static void add_recurrent_share_##suffix(gemm_##suffix gemm, int64_t b0, int64_t b1, int64_t K, int64_t G, \
                                              const scalar *h, const scalar *w, int64_t w_transposed,   \
-                                             const scalar *r, scalar *buffer, scalar *z) {             \
+                                             const scalar *r, scalar *buffer, scalar *z, int64_t parts) { \
         const int64_t B = b1 - b0; /* from here on, the rows b0.. are the batch */                     \
         h += b0 * K, z += b0 * G;                                                                      \
         if (r) {                                                                                       \
@@ -146,27 +149,30 @@ double tanh(double) __attribute__((simd("notinbranch")));
             for (int64_t j = 0; j < B * K; j++) buffer[j] = h[j] * r[j];                               \
             h = buffer;                                                                                \
         }                                                                                              \
-        if (B == 1) { /* the same as below, compiled for one row */                                    \
-            if (w_transposed) rows_axpy_##suffix(1, K, G, w, h, z);                                    \
-            else rows_dot_##suffix(1, G, K, w, h, z);                                                  \
-            return;                                                                                    \
-        }                                                                                              \
-        if (B <= SMALL_BATCH) {                                                                        \
-            if (w_transposed) rows_axpy_##suffix(B, K, G, w, h, z);                                    \
+        if (parts > 1) {                                                                               \
+            _Pragma("omp barrier") /* h and buffer (thread 0's) are written */                         \
+            const int64_t part = omp_get_thread_num();                                                 \
+            add_product_part_##suffix(G, K, w, !w_transposed, h, z, part_start(G, part, parts),            \
+                                      part_start(G, part + 1, parts));                                 \
+            _Pragma("omp barrier") /* all of z is */                                                   \
+        } else if (B == 1) { /* the same as below, compiled for one row */                             \
+            add_product_part_##suffix(G, K, w, !w_transposed, h, z, 0, G);                             \
+        } else if (B <= SMALL_BATCH) {                                                                 \
+            if (w_transposed) rows_axpy_##suffix(B, K, G, w, G, h, z);                                 \
             else rows_dot_##suffix(B, G, K, w, h, z);                                                  \
-            return;                                                                                    \
+        } else {                                                                                       \
+            const char transa = w_transposed ? 'N' : 'T', transb = 'N';                                \
+            const int m = G, n = B, k = K, lda = w_transposed ? G : K, ldb = K, ldc = G;               \
+            const scalar one = 1;                                                                      \
+            gemm(&transa, &transb, &m, &n, &k, &one, w, &lda, h, &ldb, &one, z, &ldc);                 \
         }                                                                                              \
-        const char transa = w_transposed ? 'N' : 'T', transb = 'N';                                    \
-        const int m = G, n = B, k = K, lda = w_transposed ? G : K, ldb = K, ldc = G;                   \
-        const scalar one = 1;                                                                          \
-        gemm(&transa, &transb, &m, &n, &k, &one, w, &lda, h, &ldb, &one, z, &ldc);                     \
     }                                                                                                  \
                                                                                                        \
     /* dh (B, K) += r (dz (B, G) W_hh) in the rows [b0, b1), r the recurrent dropout mask or NULL;     \
-     * buffer (B, K). */                                                                               \
+     * buffer (B, K). Split in `parts` as above: this thread's part of dh's K outputs. */              \
     static void add_recurrent_gradient_##suffix(gemm_##suffix gemm, int64_t b0, int64_t b1, int64_t K, int64_t G, \
                                                 const scalar *dz, const scalar *w, int64_t w_transposed, \
-                                                const scalar *r, scalar *buffer, scalar *dh) {         \
+                                                const scalar *r, scalar *buffer, scalar *dh, int64_t parts) { \
         const int64_t B = b1 - b0; /* from here on, the rows b0.. are the batch */                     \
         dz += b0 * G, dh += b0 * K;                                                                    \
         scalar *out = dh;                                                                              \
@@ -175,12 +181,17 @@ double tanh(double) __attribute__((simd("notinbranch")));
             for (int64_t j = 0; j < B * K; j++) buffer[j] = 0;                                         \
             out = buffer;                                                                              \
         }                                                                                              \
-        if (B == 1) { /* the same as below, compiled for one row */                                    \
-            if (w_transposed) rows_dot_##suffix(1, K, G, w, dz, out);                                  \
-            else rows_axpy_##suffix(1, G, K, w, dz, out);                                              \
+        if (parts > 1) {                                                                               \
+            _Pragma("omp barrier") /* dz and buffer (thread 0's) are written */                        \
+            const int64_t part = omp_get_thread_num();                                                 \
+            add_product_part_##suffix(K, G, w, w_transposed, dz, out, part_start(K, part, parts),          \
+                                      part_start(K, part + 1, parts));                                 \
+            _Pragma("omp barrier") /* all of out is */                                                 \
+        } else if (B == 1) { /* the same as below, compiled for one row */                             \
+            add_product_part_##suffix(K, G, w, w_transposed, dz, out, 0, K);                           \
         } else if (B <= SMALL_BATCH) {                                                                 \
             if (w_transposed) rows_dot_##suffix(B, K, G, w, dz, out);                                  \
-            else rows_axpy_##suffix(B, G, K, w, dz, out);                                              \
+            else rows_axpy_##suffix(B, G, K, w, K, dz, out);                                           \
         } else {                                                                                       \
             const char transa = w_transposed ? 'T' : 'N', transb = 'N';                                \
             const int m = K, n = B, k = G, lda = w_transposed ? G : K, ldb = G, ldc = K;               \
@@ -197,19 +208,26 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * thread's matmuls go through gemm on its own rows. (MKL's gemm, called inside a parallel region,
  * starts no threads of its own; called from one thread, it splits a step's small matmul between
  * threads and back at every step.) At B=32, H=64 the gemm of a step on 16 rows took 6.2 us on one
- * thread, against 11.6 us for all 32 rows on two. */
-/* Calls `rows` (a call naming b0 and b1) for the rows [b0, b1) of a batch of B on each of `threads`
- * threads: on the caller alone, with no parallel region, where threads is 1 (inside one, even of
- * one thread, MKL's gemm would start threads of its own at every call). */
-#define SPLIT_BATCH(threads, B, rows)                                                                  \
+ * thread, against 11.6 us for all 32 rows on two.
+ *
+ * A batch of one row cannot be shared out. There the threads split each step's recurrent product
+ * instead, in `parts` (the number of threads; 1 where they share out rows): each computes a part
+ * of its outputs, between two barriers, and thread 0 alone, owning the row ([b0, b1) = [0, 1); the
+ * others own none, [0, 0)), does the gate math between the products. */
+/* Calls `rows` (a call naming b0, b1 and parts) for the rows [b0, b1) of a batch of B on each of
+ * `threads` threads: on the caller alone, with no parallel region, where threads is 1 (inside
+ * one, even of one thread, MKL's gemm would start threads of its own at every call). */
+#define SHARE_OUT(threads, B, rows)                                                                    \
     if ((threads) > 1) {                                                                               \
         _Pragma("omp parallel num_threads(threads)") {                                                 \
-            const int64_t b0 = (B) * omp_get_thread_num() / omp_get_num_threads();                     \
-            const int64_t b1 = (B) * (omp_get_thread_num() + 1) / omp_get_num_threads();               \
+            const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();                 \
+            const int64_t parts = (B) == 1 ? team : 1;                                                 \
+            const int64_t b0 = parts > 1 ? 0 : (B) * thread / team;                                    \
+            const int64_t b1 = parts > 1 ? (thread ? 0 : 1) : (B) * (thread + 1) / team;              \
             rows;                                                                                      \
         }                                                                                              \
     } else {                                                                                           \
-        const int64_t b0 = 0, b1 = (B);                                                                \
+        const int64_t b0 = 0, b1 = (B), parts = 1;                                                     \
         rows;                                                                                          \
     }
 
@@ -221,11 +239,11 @@ double tanh(double) __attribute__((simd("notinbranch")));
     static void lstm_forward_rows_##suffix(int64_t T, int64_t B, int64_t H, scalar *z_all, scalar *h_all, \
                                            scalar *c_all, scalar *tanh_c_all, const uint8_t *masks,    \
                                            const scalar *recurrent_mask, scalar *buffer, const scalar *w, \
-                                           int64_t w_transposed, void *gemm, int64_t b0, int64_t b1) { \
+                                           int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = 0; t < T; t++) {                                                              \
             scalar *z = z_all + t * B * 4 * H, *h_prev = h_all + t * B * H;                            \
             add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, h_prev, w, w_transposed, \
-                                         recurrent_mask, buffer, z);                                   \
+                                         recurrent_mask, buffer, z, parts);                            \
             lstm_forward_step_##suffix(b0, b1, H, z, c_all + t * B * H, h_prev, c_all + (t + 1) * B * H, \
                                        h_prev + B * H, tanh_c_all + t * B * H, masks ? masks + t * B : NULL); \
         }                                                                                              \
@@ -235,23 +253,23 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                     scalar *c_all, scalar *tanh_c_all, const uint8_t *masks,           \
                                     const scalar *recurrent_mask, scalar *buffer, const scalar *w,     \
                                     int64_t w_transposed, void *gemm, int64_t threads) {               \
-        SPLIT_BATCH(threads, B, lstm_forward_rows_##suffix(T, B, H, z_all, h_all, c_all, tanh_c_all,   \
+        SHARE_OUT(threads, B, lstm_forward_rows_##suffix(T, B, H, z_all, h_all, c_all, tanh_c_all,   \
                                                            masks, recurrent_mask, buffer, w,           \
-                                                           w_transposed, gemm, b0, b1));               \
+                                                           w_transposed, gemm, b0, b1, parts));        \
     }                                                                                                  \
                                                                                                        \
     static void lstm_backward_rows_##suffix(int64_t T, int64_t B, int64_t H, const scalar *z_all,      \
                                             const scalar *c_all, const scalar *tanh_c_all, scalar *dh_outs, \
                                             scalar *dc, scalar *dz_all, const uint8_t *masks,          \
                                             const scalar *recurrent_mask, scalar *buffer, const scalar *w, \
-                                            int64_t w_transposed, void *gemm, int64_t b0, int64_t b1) { \
+                                            int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = T - 1; t >= 0; t--) {                                                         \
             scalar *dz = dz_all + t * B * 4 * H, *dh_prev = dh_outs + t * B * H;                       \
             lstm_backward_step_##suffix(b0, b1, H, z_all + t * B * 4 * H, c_all + t * B * H,           \
                                         tanh_c_all + t * B * H, dh_prev + B * H, dh_prev, dc, dz,      \
                                         masks ? masks + t * B : NULL);                                 \
             add_recurrent_gradient_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, dz, w, w_transposed, \
-                                            recurrent_mask, buffer, dh_prev);                          \
+                                            recurrent_mask, buffer, dh_prev, parts);                   \
         }                                                                                              \
     }                                                                                                  \
                                                                                                        \
@@ -260,10 +278,10 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                      scalar *dc, scalar *dz_all, const uint8_t *masks,                \
                                      const scalar *recurrent_mask, scalar *buffer, const scalar *w,   \
                                      int64_t w_transposed, void *gemm, int64_t threads) {              \
-        SPLIT_BATCH(threads, B, lstm_backward_rows_##suffix(T, B, H, z_all, c_all, tanh_c_all,         \
+        SHARE_OUT(threads, B, lstm_backward_rows_##suffix(T, B, H, z_all, c_all, tanh_c_all,         \
                                                             dh_outs, dc, dz_all, masks,                \
                                                             recurrent_mask, buffer, w, w_transposed,   \
-                                                            gemm, b0, b1));                            \
+                                                            gemm, b0, b1, parts));                     \
     }
 
 /* torch.lerp's formula, start + weight (end - start), computed from the nearer end so that it is
@@ -285,11 +303,11 @@ double tanh(double) __attribute__((simd("notinbranch")));
 #define GRU_LOOPS(scalar, suffix, EXP, TANH)                                                           \
     static void gru_forward_rows_##suffix(int64_t T, int64_t B, int64_t H, scalar *rzq_all, scalar *n_all, \
                                           scalar *h_all, const scalar *recurrent_mask, scalar *buffer, \
-                                          const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1) { \
+                                          const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = 0; t < T; t++) {                                                              \
             scalar *rzq = rzq_all + t * B * 3 * H, *n = n_all + t * B * H, *h_prev = h_all + t * B * H; \
             add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, 3 * H, h_prev, w, w_transposed, \
-                                         recurrent_mask, buffer, rzq);                                 \
+                                         recurrent_mask, buffer, rzq, parts);                          \
             for (int64_t b = b0; b < b1; b++) {                                                        \
                 scalar *restrict r_b = rzq + b * 3 * H, *restrict z_b = r_b + H;                       \
                 const scalar *restrict q_n = r_b + 2 * H, *restrict h_prev_b = h_prev + b * H;         \
@@ -305,14 +323,14 @@ double tanh(double) __attribute__((simd("notinbranch")));
     void gru_forward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *rzq_all, scalar *n_all,    \
                                    scalar *h_all, const scalar *recurrent_mask, scalar *buffer,        \
                                    const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SPLIT_BATCH(threads, B, gru_forward_rows_##suffix(T, B, H, rzq_all, n_all, h_all,              \
+        SHARE_OUT(threads, B, gru_forward_rows_##suffix(T, B, H, rzq_all, n_all, h_all,              \
                                                           recurrent_mask, buffer, w, w_transposed,     \
-                                                          gemm, b0, b1));                              \
+                                                          gemm, b0, b1, parts));                       \
     }                                                                                                  \
                                                                                                        \
     static void gru_backward_rows_##suffix(int64_t T, int64_t B, int64_t H, const scalar *rzq_all,     \
                                            scalar *dq_all, scalar *dh_all, const scalar *recurrent_mask, \
-                                           scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1) { \
+                                           scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = T - 1; t >= 0; t--) {                                                         \
             scalar *dq = dq_all + t * B * 3 * H, *dh_prev = dh_all + t * B * H;                        \
             for (int64_t b = b0; b < b1; b++) {                                                        \
@@ -326,16 +344,16 @@ double tanh(double) __attribute__((simd("notinbranch")));
                 }                                                                                      \
             }                                                                                          \
             add_recurrent_gradient_##suffix((gemm_##suffix)gemm, b0, b1, H, 3 * H, dq, w, w_transposed, \
-                                            recurrent_mask, buffer, dh_prev);                          \
+                                            recurrent_mask, buffer, dh_prev, parts);                   \
         }                                                                                              \
     }                                                                                                  \
                                                                                                        \
     void gru_backward_loop_##suffix(int64_t T, int64_t B, int64_t H, const scalar *rzq_all,           \
                                     scalar *dq_all, scalar *dh_all, const scalar *recurrent_mask,     \
                                     scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SPLIT_BATCH(threads, B, gru_backward_rows_##suffix(T, B, H, rzq_all, dq_all, dh_all,           \
+        SHARE_OUT(threads, B, gru_backward_rows_##suffix(T, B, H, rzq_all, dq_all, dh_all,           \
                                                            recurrent_mask, buffer, w, w_transposed,    \
-                                                           gemm, b0, b1));                             \
+                                                           gemm, b0, b1, parts));                      \
     }
 
 /* SimpleRNN (fused_simple_rnn.py). h_all (T + 1, B, H): rows 1.. hold p_t and become h_t,
@@ -347,11 +365,11 @@ double tanh(double) __attribute__((simd("notinbranch")));
     static void simple_rnn_forward_rows_##suffix(int64_t T, int64_t B, int64_t H, scalar *h_all,       \
                                                  const uint8_t *masks, int64_t relu,                   \
                                                  const scalar *recurrent_mask, scalar *buffer,         \
-                                                 const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1) { \
+                                                 const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = 0; t < T; t++) {                                                              \
             scalar *h_prev = h_all + t * B * H, *h = h_prev + B * H;                                   \
             add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, H, h_prev, w, w_transposed,   \
-                                         recurrent_mask, buffer, h);                                   \
+                                         recurrent_mask, buffer, h, parts);                            \
             for (int64_t b = b0; b < b1; b++) {                                                        \
                 scalar *restrict h_b = h + b * H;                                                      \
                 const scalar *restrict h_prev_b = h_prev + b * H;                                      \
@@ -369,20 +387,20 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                           const uint8_t *masks, int64_t relu,                          \
                                           const scalar *recurrent_mask, scalar *buffer,                \
                                           const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SPLIT_BATCH(threads, B, simple_rnn_forward_rows_##suffix(T, B, H, h_all, masks, relu,          \
+        SHARE_OUT(threads, B, simple_rnn_forward_rows_##suffix(T, B, H, h_all, masks, relu,          \
                                                                  recurrent_mask, buffer, w,            \
-                                                                 w_transposed, gemm, b0, b1));         \
+                                                                 w_transposed, gemm, b0, b1, parts));  \
     }                                                                                                  \
                                                                                                        \
     static void simple_rnn_backward_rows_##suffix(int64_t T, int64_t B, int64_t H, scalar *da_all,     \
                                                   scalar *dh_all, const uint8_t *masks,                \
                                                   const scalar *recurrent_mask, scalar *buffer,        \
-                                                  const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1) { \
+                                                  const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = T - 1; t >= 0; t--) {                                                         \
             scalar *da = da_all + t * B * H, *dh_prev = dh_all + t * B * H, *dh = dh_prev + B * H;     \
             for (int64_t j = b0 * H; j < b1 * H; j++) da[j] *= dh[j];                                  \
             add_recurrent_gradient_##suffix((gemm_##suffix)gemm, b0, b1, H, H, da, w, w_transposed,    \
-                                            recurrent_mask, buffer, dh_prev);                          \
+                                            recurrent_mask, buffer, dh_prev, parts);                   \
             for (int64_t b = b0; masks && b < b1; b++)                                                 \
                 if (!masks[t * B + b])                                                                 \
                     for (int64_t j = 0; j < H; j++) dh_prev[b * H + j] += dh[b * H + j];               \
@@ -393,9 +411,9 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                            scalar *dh_all, const uint8_t *masks,                      \
                                            const scalar *recurrent_mask, scalar *buffer,              \
                                            const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SPLIT_BATCH(threads, B, simple_rnn_backward_rows_##suffix(T, B, H, da_all, dh_all, masks,      \
+        SHARE_OUT(threads, B, simple_rnn_backward_rows_##suffix(T, B, H, da_all, dh_all, masks,      \
                                                                   recurrent_mask, buffer, w,           \
-                                                                  w_transposed, gemm, b0, b1));        \
+                                                                  w_transposed, gemm, b0, b1, parts)); \
     }
 
 /* The LSTM variants (fused_lstm_variants.py): peephole connections, layer norm (LN) and zoneout,
@@ -462,7 +480,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
         }                                                                                              \
     }                                                                                                  \
                                                                                                        \
-    static void lstm_variant_forward_rows_##suffix(VARIANT_FORWARD_PARAMETERS(scalar), int64_t b0, int64_t b1) { \
+    static void lstm_variant_forward_rows_##suffix(VARIANT_FORWARD_PARAMETERS(scalar), int64_t b0, int64_t b1, int64_t parts) { \
         const scalar rate_h = params[0], rate_c = params[1], eps = params[2];                          \
         for (int64_t t = 0; t < T; t++) {                                                              \
             scalar *z = z_all + t * B * 4 * H, *h_prev = h_all + t * B * H, *c_prev = c_all + t * B * H; \
@@ -470,7 +488,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
             if (gain_hh) { /* z += gain_hh q^, q^ = LN(q), q = (r h_prev) W_hh^T */                    \
                 for (int64_t k = b0 * 4 * H; k < b1 * 4 * H; k++) q[k] = 0;                            \
                 add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, h_prev, w, w_transposed, \
-                                             recurrent_mask, buffer, q);                               \
+                                             recurrent_mask, buffer, q, parts);                        \
                 for (int64_t b = b0; b < b1; b++) {                                                    \
                     const scalar *restrict q_b = q + b * 4 * H;                                        \
                     scalar *restrict qhat = qhat_all + (t * B + b) * 4 * H, *restrict z_b = z + b * 4 * H; \
@@ -483,7 +501,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                 }                                                                                      \
             } else {                                                                                   \
                 add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, h_prev, w, w_transposed, \
-                                             recurrent_mask, buffer, z);                               \
+                                             recurrent_mask, buffer, z, parts);                        \
             }                                                                                          \
             for (int64_t b = b0; b < b1; b++) {                                                        \
                 scalar *restrict i = z + b * 4 * H, *restrict f = i + H, *restrict g = i + 2 * H;      \
@@ -516,14 +534,14 @@ double tanh(double) __attribute__((simd("notinbranch")));
     }                                                                                                  \
                                                                                                        \
     void lstm_variant_forward_loop_##suffix(VARIANT_FORWARD_PARAMETERS(scalar), int64_t threads) { \
-        SPLIT_BATCH(threads, B, lstm_variant_forward_rows_##suffix(T, B, H, z_all, h_all, c_all,       \
+        SHARE_OUT(threads, B, lstm_variant_forward_rows_##suffix(T, B, H, z_all, h_all, c_all,       \
                                                                    c_new_all, tanh_n_all, qhat_all,    \
                                                                    rsig_q_all, q, w_cif, w_co,         \
                                                                    gain_hh, gain_c, shift_c, hold_h,   \
                                                                    hold_h_width, hold_c,               \
                                                                    hold_c_width, params,               \
                                                                    recurrent_mask, buffer, w,          \
-                                                                   w_transposed, gemm, b0, b1));       \
+                                                                   w_transposed, gemm, b0, b1, parts)); \
     }                                                                                                  \
                                                                                                        \
     /* Backward: dz_all (T, B, 4H) becomes dz; dq_all (T, B, 4H) dq with LN (else dz_all itself);    \
@@ -533,7 +551,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
      * (T, B, 2, H) ([d; d c^] / dh), chat (T, B, H), qhat_all, rsig_q_all; u_h, v_h (T, B, h_width) \
      * and u_c, v_c (T, B, c_width), width H or 1, the shares of the new and previous value in each  \
      * carried state, or NULL (u = 1). */                                                            \
-    static void lstm_variant_backward_rows_##suffix(VARIANT_BACKWARD_PARAMETERS(scalar), int64_t b0, int64_t b1) { \
+    static void lstm_variant_backward_rows_##suffix(VARIANT_BACKWARD_PARAMETERS(scalar), int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = T - 1; t >= 0; t--) {                                                         \
             scalar *dz = dz_all + t * B * 4 * H, *dq = dq_all + t * B * 4 * H;                         \
             scalar *dh_out = dh_outs + (t + 1) * B * H, *dh_prev = dh_outs + t * B * H;                \
@@ -569,7 +587,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                 if (v_c) add_scaled_##suffix(H, dc_next, dc_state, v_c + (t * B + b) * c_width, c_width); \
             }                                                                                          \
             add_recurrent_gradient_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, dq, w, w_transposed, \
-                                            recurrent_mask, buffer, dh_prev);                          \
+                                            recurrent_mask, buffer, dh_prev, parts);                   \
             for (int64_t b = b0; b < b1; b++) {                                                        \
                 if (v_h) add_scaled_##suffix(H, dh_prev + b * H, dh_out + b * H, v_h + (t * B + b) * h_width, h_width); \
                 for (int64_t j = 0; j < H; j++) dc[b * H + j] = scratch[b * 3 * H + 2 * H + j];        \
@@ -578,7 +596,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
     }                                                                                                  \
                                                                                                        \
     void lstm_variant_backward_loop_##suffix(VARIANT_BACKWARD_PARAMETERS(scalar), int64_t threads) { \
-        SPLIT_BATCH(threads, B, lstm_variant_backward_rows_##suffix(T, B, H, dz_all, dq_all, dh_outs,  \
+        SHARE_OUT(threads, B, lstm_variant_backward_rows_##suffix(T, B, H, dz_all, dq_all, dh_outs,  \
                                                                     dc, scratch, dz_o_per_dh,          \
                                                                     dc_per_dh, dz_ifg_per_dc,          \
                                                                     dc_prev_per_dc, c_sums_per_dh,     \
@@ -586,7 +604,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                                                     gain_hh, u_h, v_h, h_width, u_c,   \
                                                                     v_c, c_width, recurrent_mask,      \
                                                                     buffer, w, w_transposed, gemm,     \
-                                                                    b0, b1));                          \
+                                                                    b0, b1, parts));                   \
     }
 
 LSTM_STEPS(float, f32, expf, tanhf)

@@ -34,7 +34,6 @@
  */
 #include <omp.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "matrix_vector.h"
@@ -60,33 +59,20 @@ static double as_double(int64_t bits) {
     MATRIX_VECTOR(scalar, scalar)                                                                      \
     /* c (M, N) = a (M, K) b (K, N), M <= SMALL_ROWS, all contiguous, b stored as b^T (N, K) if        \
      * `transposed`. One row of a: split between OpenMP's threads (as Inductor's kernels are), each     \
-     * reading its part of b: c's columns for b^T, b's rows for b (each thread's sum into a buffer     \
-     * of its own, added at the end). */                                                               \
+     * computing some of c's columns. */                                                               \
     static void small_matmul_##scalar(int M, int N, int K, const scalar* a, const scalar* b, int transposed, \
                                       scalar* c) {                                                     \
         for (int i = 0; i < M * N; i++) c[i] = 0;                                                      \
-        const int threads = M == 1 && (int64_t)N * K >= SPLIT_PRODUCT ? omp_get_max_threads() : 1;    \
-        if (threads == 1) {                                                                            \
-            if (transposed) rows_dot_##scalar(M, N, K, b, a, c); /* c_m += b^T a_m */                  \
-            else rows_axpy_##scalar(M, K, N, b, a, c);           /* c_m += a_m^T b */                  \
-            return;                                                                                    \
-        }                                                                                              \
-        scalar* partial = transposed ? NULL : calloc((size_t)(threads - 1) * N, sizeof(scalar));       \
-        if (!transposed && !partial) { rows_axpy_##scalar(1, K, N, b, a, c); return; }                 \
-        _Pragma("omp parallel num_threads(threads)") {                                                 \
-            const int t = omp_get_thread_num(), n = omp_get_num_threads();                             \
-            if (transposed) { /* columns [j0, j1) of c, in fours */                                    \
-                const int j0 = (int)((int64_t)N * t / n) & ~3, j1 = t == n - 1 ? N : (int)((int64_t)N * (t + 1) / n) & ~3; \
-                rows_dot_##scalar(1, j1 - j0, K, b + (int64_t)j0 * K, a, c + j0);                      \
-            } else { /* rows [k0, k1) of b, into c (thread 0) or a buffer */                           \
-                const int k0 = (int)((int64_t)K * t / n), k1 = (int)((int64_t)K * (t + 1) / n);        \
-                rows_axpy_##scalar(1, k1 - k0, N, b + (int64_t)k0 * N, a + k0, t ? partial + (int64_t)(t - 1) * N : c); \
+        if (M == 1 && (int64_t)N * K >= SPLIT_PRODUCT && omp_get_max_threads() > 1) {                  \
+            _Pragma("omp parallel") {                                                                  \
+                const int64_t part = omp_get_thread_num(), parts = omp_get_num_threads();              \
+                add_product_part_##scalar(N, K, b, transposed, a, c, part_start(N, part, parts),       \
+                                          part_start(N, part + 1, parts)); /* c^T += b^T a^T */        \
             }                                                                                          \
-        }                                                                                              \
-        if (partial) {                                                                                 \
-            for (int t = 1; t < threads; t++)                                                          \
-                for (int j = 0; j < N; j++) c[j] += partial[(int64_t)(t - 1) * N + j];                 \
-            free(partial);                                                                             \
+        } else if (transposed) {                                                                       \
+            rows_dot_##scalar(M, N, K, b, a, c); /* c_m += b^T a_m */                                  \
+        } else {                                                                                       \
+            rows_axpy_##scalar(M, K, N, b, N, a, c); /* c_m += a_m^T b */                              \
         }                                                                                              \
     }                                                                                                  \
     static void matmul_##scalar(void* gemm, int M, int N, int K, scalar alpha, const scalar* a, char op_a, \
