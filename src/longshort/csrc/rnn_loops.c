@@ -151,14 +151,12 @@ double tanh(double) __attribute__((simd("notinbranch")));
         }                                                                                              \
         if (parts > 1) {                                                                               \
             _Pragma("omp barrier") /* h and buffer (thread 0's) are written */                         \
-            const int64_t part = omp_get_thread_num();                                                 \
-            add_product_part_##suffix(G, K, w, !w_transposed, h, z, part_start(G, part, parts),            \
-                                      part_start(G, part + 1, parts));                                 \
+            matrix_vector_##suffix(G, K, w, !w_transposed, h, z, omp_get_thread_num(), parts);         \
             _Pragma("omp barrier") /* all of z is */                                                   \
         } else if (B == 1) { /* the same as below, compiled for one row */                             \
-            add_product_part_##suffix(G, K, w, !w_transposed, h, z, 0, G);                             \
+            matrix_vector_##suffix(G, K, w, !w_transposed, h, z, 0, 1);                                \
         } else if (B <= SMALL_BATCH) {                                                                 \
-            if (w_transposed) rows_axpy_##suffix(B, K, G, w, G, h, z);                                 \
+            if (w_transposed) rows_axpy_##suffix(B, K, G, w, h, z);                                    \
             else rows_dot_##suffix(B, G, K, w, h, z);                                                  \
         } else {                                                                                       \
             const char transa = w_transposed ? 'N' : 'T', transb = 'N';                                \
@@ -183,15 +181,13 @@ double tanh(double) __attribute__((simd("notinbranch")));
         }                                                                                              \
         if (parts > 1) {                                                                               \
             _Pragma("omp barrier") /* dz and buffer (thread 0's) are written */                        \
-            const int64_t part = omp_get_thread_num();                                                 \
-            add_product_part_##suffix(K, G, w, w_transposed, dz, out, part_start(K, part, parts),          \
-                                      part_start(K, part + 1, parts));                                 \
+            matrix_vector_##suffix(K, G, w, w_transposed, dz, out, omp_get_thread_num(), parts);       \
             _Pragma("omp barrier") /* all of out is */                                                 \
         } else if (B == 1) { /* the same as below, compiled for one row */                             \
-            add_product_part_##suffix(K, G, w, w_transposed, dz, out, 0, K);                           \
+            matrix_vector_##suffix(K, G, w, w_transposed, dz, out, 0, 1);                              \
         } else if (B <= SMALL_BATCH) {                                                                 \
             if (w_transposed) rows_dot_##suffix(B, K, G, w, dz, out);                                  \
-            else rows_axpy_##suffix(B, G, K, w, K, dz, out);                                           \
+            else rows_axpy_##suffix(B, G, K, w, dz, out);                                           \
         } else {                                                                                       \
             const char transa = w_transposed ? 'T' : 'N', transb = 'N';                                \
             const int m = K, n = B, k = G, lda = w_transposed ? G : K, ldb = G, ldc = K;               \

@@ -58,21 +58,17 @@ static double as_double(int64_t bits) {
 #define MATMUL(scalar, gemm_type)                                                                      \
     MATRIX_VECTOR(scalar, scalar)                                                                      \
     /* c (M, N) = a (M, K) b (K, N), M <= SMALL_ROWS, all contiguous, b stored as b^T (N, K) if        \
-     * `transposed`. One row of a: split between OpenMP's threads (as Inductor's kernels are), each     \
-     * computing some of c's columns. */                                                               \
+     * `transposed`. One row of a: split between OpenMP's threads (as Inductor's kernels are). */      \
     static void small_matmul_##scalar(int M, int N, int K, const scalar* a, const scalar* b, int transposed, \
                                       scalar* c) {                                                     \
         for (int i = 0; i < M * N; i++) c[i] = 0;                                                      \
         if (M == 1 && (int64_t)N * K >= SPLIT_PRODUCT && omp_get_max_threads() > 1) {                  \
-            _Pragma("omp parallel") {                                                                  \
-                const int64_t part = omp_get_thread_num(), parts = omp_get_num_threads();              \
-                add_product_part_##scalar(N, K, b, transposed, a, c, part_start(N, part, parts),       \
-                                          part_start(N, part + 1, parts)); /* c^T += b^T a^T */        \
-            }                                                                                          \
+            _Pragma("omp parallel") /* c^T += b^T a^T */                                               \
+            matrix_vector_##scalar(N, K, b, transposed, a, c, omp_get_thread_num(), omp_get_num_threads()); \
         } else if (transposed) {                                                                       \
             rows_dot_##scalar(M, N, K, b, a, c); /* c_m += b^T a_m */                                  \
         } else {                                                                                       \
-            rows_axpy_##scalar(M, K, N, b, N, a, c); /* c_m += a_m^T b */                              \
+            rows_axpy_##scalar(M, K, N, b, a, c); /* c_m += a_m^T b */                                 \
         }                                                                                              \
     }                                                                                                  \
     static void matmul_##scalar(void* gemm, int M, int N, int K, scalar alpha, const scalar* a, char op_a, \
