@@ -542,10 +542,13 @@ def _step_loops_buildable() -> bool:
     """Whether the loops in C can run here at all (`STEP_LOOPS_IN_C`, and csrc/step_loops.c built)."""
     from longshort.native import step_loops_library
 
+    if not STEP_LOOPS_IN_C:
+        return False
     try:
-        return STEP_LOOPS_IN_C and step_loops_library() is not None
+        step_loops_library()
     except OSError:
         return False
+    return True
 
 
 def _step_loops(forward_call: Call, example: list[Tensor], backward_call: Call, arguments: list[tuple[str, int]],

@@ -313,11 +313,6 @@ class StepLoops:
             self.library = step_loops_library()
         except OSError as error:
             raise Unsupported(f"the loops in C could not be built: {error}") from None
-        addresses, sizes, mask, count = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_int64
-        arguments = [sizes, count, count, addresses, sizes, mask, count, count, addresses, sizes, sizes, addresses]
-        self.library.forward_steps.argtypes, self.library.backward_steps.argtypes = arguments, [*arguments, addresses]
-        for function in (self.library.forward_steps, self.library.backward_steps):
-            function.restype = None
 
     @staticmethod
     def _computed(recording: Recording, output: int, what: str) -> tuple[int, int]:

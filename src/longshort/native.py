@@ -161,6 +161,12 @@ def step_loops_library() -> ctypes.CDLL:
     library = _library_or_none(STEP_LOOPS_SOURCE)
     if library is None:
         raise OSError(_failures[STEP_LOOPS_SOURCE])
+    if library.forward_steps.restype is not None:  # ctypes' default (int) until the signatures are set, once
+        addresses, sizes, mask, count = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_int64
+        # program, length, T, base, stride, mask, B, leaves, state (cotangent), its stride, its bytes, gemm
+        arguments = [sizes, count, count, addresses, sizes, mask, count, count, addresses, sizes, sizes, addresses]
+        library.forward_steps.argtypes, library.backward_steps.argtypes = arguments, [*arguments, addresses]  # backward: + passed
+        library.forward_steps.restype = library.backward_steps.restype = None
     return library
 
 
