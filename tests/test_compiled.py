@@ -179,20 +179,21 @@ def small_matmuls(layer: ls.RNN) -> list[tuple[int, int, int]]:
 @pytest.mark.parametrize("batch", [1, 3])
 def test_small_batches_keep_their_matmuls_for_the_matrix_vector_products_in_c(batch, threads, monkeypatch):
     """Up to MATRIX_VECTOR_ROWS rows, with the loops in C, the step's matmuls stay matmuls, which the
-    loops do with csrc/matrix_vector.h (at B=1 split between the threads: 67 units, 4 gates, is past
-    SPLIT_PRODUCT and splits 268 outputs at 132, and the backward's 268 rows at 134). Called a step at
-    a time from Python, the step has them traced as reductions instead, as before."""
+    loops do with csrc/matrix_vector.h (on two threads split between them: 131 units, 4 gates, is
+    past STEP_SPLIT_PRODUCT and splits the forward's 524 outputs at 256, and the backward's 524 rows
+    of W_hh in blocks of four, 66 and 65 blocks). Called a step at a time from Python, the step has
+    them traced as reductions instead, as before."""
     torch.manual_seed(5)
     x = torch.randn(batch, 4, 3, dtype=torch.float64)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        in_c = ls.RNN(ProjectedLSTMCell(67, 3), implementation="compiled", return_sequences=True).double()
+        in_c = ls.RNN(ProjectedLSTMCell(131, 3), implementation="compiled", return_sequences=True).double()
         got = outputs_and_grads_of(in_c, x)
     finally:
         torch.set_num_threads(before)
     assert [step.reductions for step in in_c._compiled_loop.steps.values()] == [False]
-    assert small_matmuls(in_c) == [(batch, 268, 67), (batch, 67, 268)]  # h W_hh^T forward, dz W_hh backward
+    assert small_matmuls(in_c) == [(batch, 524, 131), (batch, 131, 524)]  # h W_hh^T forward, dz W_hh backward
     loop = ls.RNN(copy.deepcopy(in_c.cell), implementation="loop", return_sequences=True)
     for ours, theirs in zip(got, outputs_and_grads_of(loop, x)):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)

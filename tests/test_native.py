@@ -103,6 +103,8 @@ def test_threads_follow_torch_and_the_batch(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert [native.threads_for(batch, small) for batch in (1, 2, 3, 32)] == [1, 2, 2, 2]
     assert [native.threads_for(batch, large) for batch in (1, 2, 3, 32)] == [2, 2, 2, 2]  # one row: the products split
+    assert [native.splits_products(batch, large) for batch in (1, 3, 4)] == [True, True, False]
+    assert not native.splits_products(1, small)
     monkeypatch.setattr(native, "ROWS_PER_THREAD", 4)
     assert [native.threads_for(batch, small) for batch in (1, 3, 4, 7, 8, 32)] == [1, 1, 1, 1, 2, 2]
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # torch.set_num_threads(1): the caller alone
@@ -111,36 +113,38 @@ def test_threads_follow_torch_and_the_batch(monkeypatch):
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
 @pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("layer_class, options", [
-    (ls.LSTM, {}), (ls.GRU, {}), (ls.SimpleRNN, {"activation": "tanh"}), (ls.SimpleRNN, {"activation": "relu"}),
-    (ls.LayerNormLSTM, {}), (ls.LSTM, {"peephole": True, "zoneout": 0.2}),
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("layer_class, units, options", [
+    (ls.LSTM, 191, {}), (ls.GRU, 211, {}), (ls.SimpleRNN, 363, {"activation": "tanh"}), (ls.SimpleRNN, 363, {"activation": "relu"}),
+    (ls.LayerNormLSTM, 191, {}), (ls.LSTM, 191, {"peephole": True, "zoneout": 0.2}),
 ], ids=["lstm", "gru", "rnn_tanh", "rnn_relu", "layer_norm", "peephole_zoneout"])
-def test_the_products_split_between_threads_at_one_row_agree_with_one_thread(monkeypatch, threads, layer_class, options):
-    """A batch of one: each thread computes a part of every step's recurrent product, forward and
-    backward, and thread 0 the gate math between. 67 units put the parts' edges at odd places
-    (rounded down to 16 elements; on three threads a part of the backward's 67 outputs is empty),
-    padding the last steps and recurrent dropout use the masks' code. Against one thread."""
+def test_the_products_split_between_threads_at_small_batches_agree_with_one_thread(monkeypatch, threads, batch, layer_class,
+                                                                                   units, options):
+    """Up to SMALL_BATCH rows and from SPLIT_PRODUCT weights on (the sizes here are just above),
+    each thread computes a part of every step's recurrent product for all rows, forward and
+    backward, and the gate math of its own rows between. The units put the parts' edges at odd
+    places (rounded down to 16 elements); three threads leave one thread without a row at B=1 and
+    2; padding and recurrent dropout differ by row. Against one thread."""
     torch.manual_seed(0)
-    layer = layer_class(67, return_sequences=True, recurrent_dropout=0.3, implementation="fused", **options).double()
-    x = torch.randn(1, 9, 11, dtype=torch.float64)
+    layer = layer_class(units, return_sequences=True, recurrent_dropout=0.3, implementation="fused", **options).double()
+    x = torch.randn(batch, 9, 11, dtype=torch.float64)
     layer(x)  # builds the (lazy) layer
     weight = next(p for name, p in layer.named_parameters() if "weight_hh" in name)
     results = {}
-    for split_product, threads_used in ((weight.numel() + 1, 1), (weight.numel(), threads)):
-        monkeypatch.setattr(native, "SPLIT_PRODUCT", split_product)
-        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-        assert native.threads_for(1, weight) == threads_used
+    for threads_used in (1, threads):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads_used)
+        assert native.splits_products(batch, weight) == (threads_used > 1)
         torch.manual_seed(1)  # the same dropout and zoneout masks
         layer.zero_grad()
-        results[threads_used] = training_step(layer, x, torch.tensor([6]))
+        results[threads_used] = training_step(layer, x, torch.tensor([6, 9, 3][:batch]))
     for split, whole in zip(results[threads], results[1]):
         torch.testing.assert_close(split, whole, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("batch, split, flag", [(1, False, 1), (1, True, 0), (3, False, 1), (32, False, 1)])
+@pytest.mark.parametrize("batch, split, flag", [(1, False, 1), (1, True, 0), (3, False, 1), (3, True, 0), (32, False, 1)])
 def test_the_forward_loop_gets_the_weight_laid_out_for_its_products(monkeypatch, batch, split, flag):
-    """W^T row-major (flag 1), except where the threads split a batch of one's products: W as the
-    layer holds it, not copied."""
+    """W^T row-major (flag 1), except where the threads split the products: W as the layer holds
+    it, not copied."""
     weight = torch.randn(4 * 8, 8)
     monkeypatch.setattr(native, "SPLIT_PRODUCT", weight.numel() if split else weight.numel() + 1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)

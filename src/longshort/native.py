@@ -48,7 +48,13 @@ CSRC = Path(__file__).with_name("csrc")  # the C sources, and the headers they i
 SOURCE = CSRC / "rnn_loops.c"
 STEP_LOOPS_SOURCE = SOURCE.with_name("step_loops.c")  # the compiled path's loops over time (`compiled_loops`), built the same way
 SMALL_BATCH = 3  # up to this batch the C loops do a step's products as matrix-vector ones of their own (rnn_loops.c)
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", f"-DSMALL_BATCH={SMALL_BATCH}")
+# From a recurrent weight of this many elements on, the threads split each step's products at
+# batches up to SMALL_BATCH (`splits_products`; rnn_loops.c, Threads). An LSTM's loops at B=1,
+# T=100, one thread / two, us a step: at H=128 (2^16) 3.7 / 4.4 forward, 3.1 / 4.7 backward; at
+# H=192 (1.1 x 2^17) 9.7 / 7.3 and 8.6 / 8.9; at H=256 (2^18) 17.0 / 12.4 and 16.8 / 15.4.
+SPLIT_PRODUCT = 1 << 17
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", f"-DSMALL_BATCH={SMALL_BATCH}",
+         f"-DSPLIT_PRODUCT={SPLIT_PRODUCT}")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -78,11 +84,6 @@ SIGNATURES = {  # after T, B, H: p a pointer, i an int64; every loop ends with w
 # Even one row a thread pays: side by side, a fused LSTM training step at B=2, H=256 took 6.8 ms
 # split and 9.3 on one thread; at B=4, 14.5 and 19.9 (2.1 and 2.4 at H=64).
 ROWS_PER_THREAD = 1
-# From a recurrent weight of this many elements on, the threads split a step's products at a batch
-# of one (`threads_for`). An LSTM's loops, T=100, one thread / two, us a step: at H=128 (2^16) 3.7 /
-# 4.4 forward, 3.1 / 4.7 backward; at H=192 (1.1 x 2^17) 9.7 / 7.3 and 8.6 / 8.9; at H=256 (2^18)
-# 17.0 / 12.4 and 16.8 / 15.4.
-SPLIT_PRODUCT = 1 << 17
 GEMMS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}  # Fortran BLAS names, as MKL exports them from libtorch_cpu
 
 
@@ -205,13 +206,19 @@ def _kernels(library: ctypes.CDLL, suffix: str, gemm: int) -> LoopKernels:
     return LoopKernels(**loops, gemm=gemm)
 
 
+def splits_products(batch: int, weight: torch.Tensor) -> bool:
+    """Whether the C loops' threads split each step's product with the recurrent `weight` (G, K)
+    at a batch of `batch` rows, rather than each doing its own rows' (rnn_loops.c, Threads): up
+    to SMALL_BATCH rows, from SPLIT_PRODUCT elements of weight on, on more than one thread."""
+    return batch <= SMALL_BATCH and weight.numel() >= SPLIT_PRODUCT and torch.get_num_threads() > 1
+
+
 def threads_for(batch: int, weight: torch.Tensor) -> int:
     """The threads a C loop runs on: torch's intra-op threads (`torch.get_num_threads()`), each
     with at least ROWS_PER_THREAD rows of the batch; 1 is the caller alone. A batch of one row
-    cannot be shared out: there they split each step's product with the recurrent `weight`
-    instead, from SPLIT_PRODUCT elements of it on."""
+    cannot be shared out: it gets them only where they split the products (`splits_products`)."""
     if batch == 1:
-        return torch.get_num_threads() if weight.numel() >= SPLIT_PRODUCT else 1
+        return torch.get_num_threads() if splits_products(batch, weight) else 1
     return max(1, min(torch.get_num_threads(), batch // ROWS_PER_THREAD))
 
 
@@ -220,11 +227,11 @@ def forward_weight(weight: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]
     its flag (as `weight_layout`), copied where it is stored the other way. A step's z += W h is
     faster with W^T row-major (in the forward loop of an LSTM, T=100, per step: at B=1 3.6 us
     against 5.5 at H=128; at B=3 31 against 39 at H=256; at B=32 194 against 203; the copy costs a
-    few percent of that), except where the threads split the product of a batch of one
-    (`threads_for`): there each thread's outputs are rows of W (10.2 us against 12.2 at H=256).
+    few percent of that), except where the threads split the products (`splits_products`): there
+    each thread's outputs are rows of W (10.2 us against 12.2 at B=1, H=256).
     The backward's dh += W^T dz takes W as the layer holds it: the same speed either way on one
     thread, and no copy."""
-    if batch == 1 and threads_for(batch, weight) > 1:
+    if splits_products(batch, weight):
         return weight_layout(weight.contiguous())
     return weight_layout(weight.T.contiguous().T)
 

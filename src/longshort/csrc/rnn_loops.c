@@ -131,33 +131,35 @@ double tanh(double) __attribute__((simd("notinbranch")));
 #ifndef SMALL_BATCH
 #define SMALL_BATCH 3
 #endif
+#ifndef SPLIT_PRODUCT
+#define SPLIT_PRODUCT (1 << 17)
+#endif
 #define MATMULS(scalar, suffix)                                                                        \
     GEMM_FUNCTION(scalar, gemm_##suffix);                                                              \
                                                                                                        \
     MATRIX_VECTOR(scalar, suffix)                                                                      \
                                                                                                        \
     /* z (B, G) += (r h) (B, K) W_hh^T in the rows [b0, b1) of the batch, r the recurrent dropout      \
-     * mask (B, K) or NULL; buffer (B, K). Split in `parts` (B = 1, see Threads below): this          \
-     * thread's part of z's G outputs, after the gate math of thread 0 (rows [0, 1)) and before. */    \
-    static void add_recurrent_share_##suffix(gemm_##suffix gemm, int64_t b0, int64_t b1, int64_t K, int64_t G, \
-                                             const scalar *h, const scalar *w, int64_t w_transposed,   \
+     * mask (B, K) or NULL; buffer (B, K). Split in `parts` (see Threads below): this thread's part    \
+     * of the product for all B rows, after the gate math of every thread's rows and before. */        \
+    static void add_recurrent_share_##suffix(gemm_##suffix gemm, int64_t B, int64_t b0, int64_t b1, int64_t K, \
+                                             int64_t G, const scalar *h, const scalar *w, int64_t w_transposed, \
                                              const scalar *r, scalar *buffer, scalar *z, int64_t parts) { \
-        const int64_t B = b1 - b0; /* from here on, the rows b0.. are the batch */                     \
-        h += b0 * K, z += b0 * G;                                                                      \
         if (r) {                                                                                       \
-            r += b0 * K, buffer += b0 * K;                                                             \
-            for (int64_t j = 0; j < B * K; j++) buffer[j] = h[j] * r[j];                               \
+            for (int64_t j = b0 * K; j < b1 * K; j++) buffer[j] = h[j] * r[j];                         \
             h = buffer;                                                                                \
         }                                                                                              \
         if (parts > 1) {                                                                               \
-            _Pragma("omp barrier") /* h and buffer (thread 0's) are written */                         \
-            matrix_vector_##suffix(G, K, w, !w_transposed, h, z, omp_get_thread_num(), parts);         \
+            _Pragma("omp barrier") /* h (or buffer) is written, every row */                           \
+            matrix_vector_##suffix(B, G, K, w, !w_transposed, h, z, omp_get_thread_num(), parts);      \
             _Pragma("omp barrier") /* all of z is */                                                   \
-        } else if (B == 1) { /* the same as below, compiled for one row */                             \
-            matrix_vector_##suffix(G, K, w, !w_transposed, h, z, 0, 1);                                \
+            return;                                                                                    \
+        }                                                                                              \
+        B = b1 - b0, h += b0 * K, z += b0 * G; /* from here on, the rows b0.. are the batch */         \
+        if (B == 1) { /* the same as below, compiled for one row */                                    \
+            matrix_vector_##suffix(1, G, K, w, !w_transposed, h, z, 0, 1);                             \
         } else if (B <= SMALL_BATCH) {                                                                 \
-            if (w_transposed) rows_axpy_##suffix(B, K, G, w, h, z);                                    \
-            else rows_dot_##suffix(B, G, K, w, h, z);                                                  \
+            matrix_vector_##suffix(B, G, K, w, !w_transposed, h, z, 0, 1);                             \
         } else {                                                                                       \
             const char transa = w_transposed ? 'N' : 'T', transb = 'N';                                \
             const int m = G, n = B, k = K, lda = w_transposed ? G : K, ldb = K, ldc = G;               \
@@ -167,35 +169,34 @@ double tanh(double) __attribute__((simd("notinbranch")));
     }                                                                                                  \
                                                                                                        \
     /* dh (B, K) += r (dz (B, G) W_hh) in the rows [b0, b1), r the recurrent dropout mask or NULL;     \
-     * buffer (B, K). Split in `parts` as above: this thread's part of dh's K outputs. */              \
-    static void add_recurrent_gradient_##suffix(gemm_##suffix gemm, int64_t b0, int64_t b1, int64_t K, int64_t G, \
-                                                const scalar *dz, const scalar *w, int64_t w_transposed, \
+     * buffer (B, K). Split in `parts` as above. */                                                    \
+    static void add_recurrent_gradient_##suffix(gemm_##suffix gemm, int64_t B, int64_t b0, int64_t b1, int64_t K, \
+                                                int64_t G, const scalar *dz, const scalar *w, int64_t w_transposed, \
                                                 const scalar *r, scalar *buffer, scalar *dh, int64_t parts) { \
-        const int64_t B = b1 - b0; /* from here on, the rows b0.. are the batch */                     \
-        dz += b0 * G, dh += b0 * K;                                                                    \
         scalar *out = dh;                                                                              \
         if (r) {                                                                                       \
-            r += b0 * K, buffer += b0 * K;                                                             \
-            for (int64_t j = 0; j < B * K; j++) buffer[j] = 0;                                         \
+            for (int64_t j = b0 * K; j < b1 * K; j++) buffer[j] = 0;                                   \
             out = buffer;                                                                              \
         }                                                                                              \
         if (parts > 1) {                                                                               \
-            _Pragma("omp barrier") /* dz and buffer (thread 0's) are written */                        \
-            matrix_vector_##suffix(K, G, w, w_transposed, dz, out, omp_get_thread_num(), parts);       \
+            _Pragma("omp barrier") /* dz (and buffer) is written, every row */                         \
+            matrix_vector_##suffix(B, K, G, w, w_transposed, dz, out, omp_get_thread_num(), parts);    \
             _Pragma("omp barrier") /* all of out is */                                                 \
-        } else if (B == 1) { /* the same as below, compiled for one row */                             \
-            matrix_vector_##suffix(K, G, w, w_transposed, dz, out, 0, 1);                              \
-        } else if (B <= SMALL_BATCH) {                                                                 \
-            if (w_transposed) rows_dot_##suffix(B, K, G, w, dz, out);                                  \
-            else rows_axpy_##suffix(B, G, K, w, dz, out);                                           \
         } else {                                                                                       \
-            const char transa = w_transposed ? 'T' : 'N', transb = 'N';                                \
-            const int m = K, n = B, k = G, lda = w_transposed ? G : K, ldb = G, ldc = K;               \
-            const scalar one = 1;                                                                      \
-            gemm(&transa, &transb, &m, &n, &k, &one, w, &lda, dz, &ldb, &one, out, &ldc);              \
+            const int64_t n = b1 - b0; /* the rows b0.. */                                             \
+            if (n == 1) { /* the same as below, compiled for one row */                                \
+                matrix_vector_##suffix(1, K, G, w, w_transposed, dz + b0 * G, out + b0 * K, 0, 1);     \
+            } else if (n <= SMALL_BATCH) {                                                             \
+                matrix_vector_##suffix(n, K, G, w, w_transposed, dz + b0 * G, out + b0 * K, 0, 1);     \
+            } else {                                                                                   \
+                const char transa = w_transposed ? 'T' : 'N', transb = 'N';                            \
+                const int m = K, nn = n, k = G, lda = w_transposed ? G : K, ldb = G, ldc = K;          \
+                const scalar one = 1;                                                                  \
+                gemm(&transa, &transb, &m, &nn, &k, &one, w, &lda, dz + b0 * G, &ldb, &one, out + b0 * K, &ldc); \
+            }                                                                                          \
         }                                                                                              \
         if (r)                                                                                         \
-            for (int64_t j = 0; j < B * K; j++) dh[j] += buffer[j] * r[j];                             \
+            for (int64_t j = b0 * K; j < b1 * K; j++) dh[j] += buffer[j] * r[j];                       \
     }
 
 /* Threads. The rows of a batch never meet in a recurrence: a row's step reads only that row's
@@ -206,20 +207,23 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * threads and back at every step.) At B=32, H=64 the gemm of a step on 16 rows took 6.2 us on one
  * thread, against 11.6 us for all 32 rows on two.
  *
- * A batch of one row cannot be shared out. There the threads split each step's recurrent product
- * instead, in `parts` (the number of threads; 1 where they share out rows): each computes a part
- * of its outputs, between two barriers, and thread 0 alone, owning the row ([b0, b1) = [0, 1); the
- * others own none, [0, 0)), does the gate math between the products. */
+ * Where the rows are few (B <= SMALL_BATCH) and the weight large (G K >= SPLIT_PRODUCT elements;
+ * both from longshort.native), the threads also split each step's recurrent product instead of
+ * each doing its own rows' (`parts`, the number of threads; 1 where they do not): each computes a
+ * part of it for all rows (matrix_vector, matrix_vector.h), between two barriers, and the gate
+ * math of its own rows, [b0, b1) as above, between the products. A product of a few rows streams
+ * the weight from cache, and two threads each streaming half of it take about 0.6x the time; a
+ * batch of one could not use the second thread otherwise. */
 /* Calls `rows` (a call naming b0, b1 and parts) for the rows [b0, b1) of a batch of B on each of
- * `threads` threads: on the caller alone, with no parallel region, where threads is 1 (inside
- * one, even of one thread, MKL's gemm would start threads of its own at every call). */
-#define SHARE_OUT(threads, B, rows)                                                                    \
+ * `threads` threads, whose products have G K = `product` weights: on the caller alone, with no
+ * parallel region, where threads is 1 (inside one, even of one thread, MKL's gemm would start
+ * threads of its own at every call). */
+#define SHARE_OUT(threads, B, product, rows)                                                           \
     if ((threads) > 1) {                                                                               \
         _Pragma("omp parallel num_threads(threads)") {                                                 \
             const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();                 \
-            const int64_t parts = (B) == 1 ? team : 1;                                                 \
-            const int64_t b0 = parts > 1 ? 0 : (B) * thread / team;                                    \
-            const int64_t b1 = parts > 1 ? (thread ? 0 : 1) : (B) * (thread + 1) / team;              \
+            const int64_t parts = (B) <= SMALL_BATCH && (product) >= SPLIT_PRODUCT ? team : 1;         \
+            const int64_t b0 = (B) * thread / team, b1 = (B) * (thread + 1) / team;                    \
             rows;                                                                                      \
         }                                                                                              \
     } else {                                                                                           \
@@ -238,7 +242,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                            int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = 0; t < T; t++) {                                                              \
             scalar *z = z_all + t * B * 4 * H, *h_prev = h_all + t * B * H;                            \
-            add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, h_prev, w, w_transposed, \
+            add_recurrent_share_##suffix((gemm_##suffix)gemm, B, b0, b1, H, 4 * H, h_prev, w, w_transposed, \
                                          recurrent_mask, buffer, z, parts);                            \
             lstm_forward_step_##suffix(b0, b1, H, z, c_all + t * B * H, h_prev, c_all + (t + 1) * B * H, \
                                        h_prev + B * H, tanh_c_all + t * B * H, masks ? masks + t * B : NULL); \
@@ -249,7 +253,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                     scalar *c_all, scalar *tanh_c_all, const uint8_t *masks,           \
                                     const scalar *recurrent_mask, scalar *buffer, const scalar *w,     \
                                     int64_t w_transposed, void *gemm, int64_t threads) {               \
-        SHARE_OUT(threads, B, lstm_forward_rows_##suffix(T, B, H, z_all, h_all, c_all, tanh_c_all,   \
+        SHARE_OUT(threads, B, 4 * H * H, lstm_forward_rows_##suffix(T, B, H, z_all, h_all, c_all, tanh_c_all, \
                                                            masks, recurrent_mask, buffer, w,           \
                                                            w_transposed, gemm, b0, b1, parts));        \
     }                                                                                                  \
@@ -264,7 +268,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
             lstm_backward_step_##suffix(b0, b1, H, z_all + t * B * 4 * H, c_all + t * B * H,           \
                                         tanh_c_all + t * B * H, dh_prev + B * H, dh_prev, dc, dz,      \
                                         masks ? masks + t * B : NULL);                                 \
-            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, dz, w, w_transposed, \
+            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, b0, b1, H, 4 * H, dz, w, w_transposed, \
                                             recurrent_mask, buffer, dh_prev, parts);                   \
         }                                                                                              \
     }                                                                                                  \
@@ -274,7 +278,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                      scalar *dc, scalar *dz_all, const uint8_t *masks,                \
                                      const scalar *recurrent_mask, scalar *buffer, const scalar *w,   \
                                      int64_t w_transposed, void *gemm, int64_t threads) {              \
-        SHARE_OUT(threads, B, lstm_backward_rows_##suffix(T, B, H, z_all, c_all, tanh_c_all,         \
+        SHARE_OUT(threads, B, 4 * H * H, lstm_backward_rows_##suffix(T, B, H, z_all, c_all, tanh_c_all, \
                                                             dh_outs, dc, dz_all, masks,                \
                                                             recurrent_mask, buffer, w, w_transposed,   \
                                                             gemm, b0, b1, parts));                     \
@@ -302,7 +306,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                           const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = 0; t < T; t++) {                                                              \
             scalar *rzq = rzq_all + t * B * 3 * H, *n = n_all + t * B * H, *h_prev = h_all + t * B * H; \
-            add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, 3 * H, h_prev, w, w_transposed, \
+            add_recurrent_share_##suffix((gemm_##suffix)gemm, B, b0, b1, H, 3 * H, h_prev, w, w_transposed, \
                                          recurrent_mask, buffer, rzq, parts);                          \
             for (int64_t b = b0; b < b1; b++) {                                                        \
                 scalar *restrict r_b = rzq + b * 3 * H, *restrict z_b = r_b + H;                       \
@@ -319,7 +323,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
     void gru_forward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *rzq_all, scalar *n_all,    \
                                    scalar *h_all, const scalar *recurrent_mask, scalar *buffer,        \
                                    const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SHARE_OUT(threads, B, gru_forward_rows_##suffix(T, B, H, rzq_all, n_all, h_all,              \
+        SHARE_OUT(threads, B, 3 * H * H, gru_forward_rows_##suffix(T, B, H, rzq_all, n_all, h_all,   \
                                                           recurrent_mask, buffer, w, w_transposed,     \
                                                           gemm, b0, b1, parts));                       \
     }                                                                                                  \
@@ -339,7 +343,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                     dh_prev_b[j] += dh * z_b[j];                                                       \
                 }                                                                                      \
             }                                                                                          \
-            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, b0, b1, H, 3 * H, dq, w, w_transposed, \
+            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, b0, b1, H, 3 * H, dq, w, w_transposed, \
                                             recurrent_mask, buffer, dh_prev, parts);                   \
         }                                                                                              \
     }                                                                                                  \
@@ -347,7 +351,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
     void gru_backward_loop_##suffix(int64_t T, int64_t B, int64_t H, const scalar *rzq_all,           \
                                     scalar *dq_all, scalar *dh_all, const scalar *recurrent_mask,     \
                                     scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SHARE_OUT(threads, B, gru_backward_rows_##suffix(T, B, H, rzq_all, dq_all, dh_all,           \
+        SHARE_OUT(threads, B, 3 * H * H, gru_backward_rows_##suffix(T, B, H, rzq_all, dq_all, dh_all, \
                                                            recurrent_mask, buffer, w, w_transposed,    \
                                                            gemm, b0, b1, parts));                      \
     }
@@ -364,7 +368,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                                  const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = 0; t < T; t++) {                                                              \
             scalar *h_prev = h_all + t * B * H, *h = h_prev + B * H;                                   \
-            add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, H, h_prev, w, w_transposed,   \
+            add_recurrent_share_##suffix((gemm_##suffix)gemm, B, b0, b1, H, H, h_prev, w, w_transposed,   \
                                          recurrent_mask, buffer, h, parts);                            \
             for (int64_t b = b0; b < b1; b++) {                                                        \
                 scalar *restrict h_b = h + b * H;                                                      \
@@ -383,7 +387,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                           const uint8_t *masks, int64_t relu,                          \
                                           const scalar *recurrent_mask, scalar *buffer,                \
                                           const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SHARE_OUT(threads, B, simple_rnn_forward_rows_##suffix(T, B, H, h_all, masks, relu,          \
+        SHARE_OUT(threads, B, H * H, simple_rnn_forward_rows_##suffix(T, B, H, h_all, masks, relu,   \
                                                                  recurrent_mask, buffer, w,            \
                                                                  w_transposed, gemm, b0, b1, parts));  \
     }                                                                                                  \
@@ -395,7 +399,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
         for (int64_t t = T - 1; t >= 0; t--) {                                                         \
             scalar *da = da_all + t * B * H, *dh_prev = dh_all + t * B * H, *dh = dh_prev + B * H;     \
             for (int64_t j = b0 * H; j < b1 * H; j++) da[j] *= dh[j];                                  \
-            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, b0, b1, H, H, da, w, w_transposed,    \
+            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, b0, b1, H, H, da, w, w_transposed,    \
                                             recurrent_mask, buffer, dh_prev, parts);                   \
             for (int64_t b = b0; masks && b < b1; b++)                                                 \
                 if (!masks[t * B + b])                                                                 \
@@ -407,7 +411,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                            scalar *dh_all, const uint8_t *masks,                      \
                                            const scalar *recurrent_mask, scalar *buffer,              \
                                            const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SHARE_OUT(threads, B, simple_rnn_backward_rows_##suffix(T, B, H, da_all, dh_all, masks,      \
+        SHARE_OUT(threads, B, H * H, simple_rnn_backward_rows_##suffix(T, B, H, da_all, dh_all, masks, \
                                                                   recurrent_mask, buffer, w,           \
                                                                   w_transposed, gemm, b0, b1, parts)); \
     }
@@ -483,7 +487,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
             scalar *c_new = c_new_all + t * B * H, *tanh_n = tanh_n_all + t * B * H;                   \
             if (gain_hh) { /* z += gain_hh q^, q^ = LN(q), q = (r h_prev) W_hh^T */                    \
                 for (int64_t k = b0 * 4 * H; k < b1 * 4 * H; k++) q[k] = 0;                            \
-                add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, h_prev, w, w_transposed, \
+                add_recurrent_share_##suffix((gemm_##suffix)gemm, B, b0, b1, H, 4 * H, h_prev, w, w_transposed, \
                                              recurrent_mask, buffer, q, parts);                        \
                 for (int64_t b = b0; b < b1; b++) {                                                    \
                     const scalar *restrict q_b = q + b * 4 * H;                                        \
@@ -496,7 +500,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                     rsig_q_all[t * B + b] = rsig;                                                      \
                 }                                                                                      \
             } else {                                                                                   \
-                add_recurrent_share_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, h_prev, w, w_transposed, \
+                add_recurrent_share_##suffix((gemm_##suffix)gemm, B, b0, b1, H, 4 * H, h_prev, w, w_transposed, \
                                              recurrent_mask, buffer, z, parts);                        \
             }                                                                                          \
             for (int64_t b = b0; b < b1; b++) {                                                        \
@@ -530,7 +534,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
     }                                                                                                  \
                                                                                                        \
     void lstm_variant_forward_loop_##suffix(VARIANT_FORWARD_PARAMETERS(scalar), int64_t threads) { \
-        SHARE_OUT(threads, B, lstm_variant_forward_rows_##suffix(T, B, H, z_all, h_all, c_all,       \
+        SHARE_OUT(threads, B, 4 * H * H, lstm_variant_forward_rows_##suffix(T, B, H, z_all, h_all, c_all, \
                                                                    c_new_all, tanh_n_all, qhat_all,    \
                                                                    rsig_q_all, q, w_cif, w_co,         \
                                                                    gain_hh, gain_c, shift_c, hold_h,   \
@@ -582,7 +586,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
                 for (int64_t j = 0; j < H; j++) dc_next[j] = dc_b[j] * dc_prev_per_dc_b[j];            \
                 if (v_c) add_scaled_##suffix(H, dc_next, dc_state, v_c + (t * B + b) * c_width, c_width); \
             }                                                                                          \
-            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, b0, b1, H, 4 * H, dq, w, w_transposed, \
+            add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, b0, b1, H, 4 * H, dq, w, w_transposed, \
                                             recurrent_mask, buffer, dh_prev, parts);                   \
             for (int64_t b = b0; b < b1; b++) {                                                        \
                 if (v_h) add_scaled_##suffix(H, dh_prev + b * H, dh_out + b * H, v_h + (t * B + b) * h_width, h_width); \
@@ -592,7 +596,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
     }                                                                                                  \
                                                                                                        \
     void lstm_variant_backward_loop_##suffix(VARIANT_BACKWARD_PARAMETERS(scalar), int64_t threads) { \
-        SHARE_OUT(threads, B, lstm_variant_backward_rows_##suffix(T, B, H, dz_all, dq_all, dh_outs,  \
+        SHARE_OUT(threads, B, 4 * H * H, lstm_variant_backward_rows_##suffix(T, B, H, dz_all, dq_all, dh_outs, \
                                                                     dc, scratch, dz_o_per_dh,          \
                                                                     dc_per_dh, dz_ifg_per_dc,          \
                                                                     dc_prev_per_dc, c_sums_per_dh,     \

@@ -21,7 +21,7 @@
  * transposed), goes to the BLAS gemm (column-major, Fortran convention) as
  * out^T (N, M) = alpha b^T a^T + beta out^T, in which a row-major b is read as b^T as it is ('N').
  * Up to SMALL_ROWS rows (M), with a, b and out each contiguous, it is this file's own
- * matrix-vector products instead (matrix_vector.h; a one-row product split between the threads):
+ * matrix-vector products instead (matrix_vector.h; a large one split between the threads):
  * a gemm call costs more than the arithmetic there. `longshort.compiled` then keeps the step's small matmuls as matmuls,
  * instead of tracing them as a multiply and a sum, which Inductor compiles into one dot product
  * per output with a single accumulator, waiting on its adds.
@@ -38,9 +38,10 @@
 
 #include "matrix_vector.h"
 
-/* SMALL_ROWS: longshort.compiled.MATRIX_VECTOR_ROWS; SPLIT_PRODUCT: from N K of this many on, a one-row
- * product is split between the threads (a 64-unit LSTM's 256 x 64 is; the value is not tuned). */
-enum { KERNEL = 0, GEMM = 1, MAX_ARGUMENTS = 32, SMALL_ROWS = 4, SPLIT_PRODUCT = 1 << 14 };
+/* SMALL_ROWS: longshort.compiled.MATRIX_VECTOR_ROWS; STEP_SPLIT_PRODUCT: from N K of this many on,
+ * a product is split between the threads (a 128-unit LSTM's 512 x 128 is; a 64-unit one's, split,
+ * trained a custom cell 4-12% slower than on one thread at B=1 and 4). */
+enum { KERNEL = 0, GEMM = 1, MAX_ARGUMENTS = 32, SMALL_ROWS = 4, STEP_SPLIT_PRODUCT = 1 << 16 };
 
 GEMM_FUNCTION(float, sgemm_function);
 GEMM_FUNCTION(double, dgemm_function);
@@ -58,17 +59,15 @@ static double as_double(int64_t bits) {
 #define MATMUL(scalar, gemm_type)                                                                      \
     MATRIX_VECTOR(scalar, scalar)                                                                      \
     /* c (M, N) = a (M, K) b (K, N), M <= SMALL_ROWS, all contiguous, b stored as b^T (N, K) if        \
-     * `transposed`. One row of a: split between OpenMP's threads (as Inductor's kernels are). */      \
+     * `transposed`; from STEP_SPLIT_PRODUCT on split between OpenMP's threads, as Inductor's kernels are. */\
     static void small_matmul_##scalar(int M, int N, int K, const scalar* a, const scalar* b, int transposed, \
                                       scalar* c) {                                                     \
         for (int i = 0; i < M * N; i++) c[i] = 0;                                                      \
-        if (M == 1 && (int64_t)N * K >= SPLIT_PRODUCT && omp_get_max_threads() > 1) {                  \
-            _Pragma("omp parallel") /* c^T += b^T a^T */                                               \
-            matrix_vector_##scalar(N, K, b, transposed, a, c, omp_get_thread_num(), omp_get_num_threads()); \
-        } else if (transposed) {                                                                       \
-            rows_dot_##scalar(M, N, K, b, a, c); /* c_m += b^T a_m */                                  \
+        if ((int64_t)N * K >= STEP_SPLIT_PRODUCT && omp_get_max_threads() > 1) {                            \
+            _Pragma("omp parallel") /* c += a b */                                                     \
+            matrix_vector_##scalar(M, N, K, b, transposed, a, c, omp_get_thread_num(), omp_get_num_threads()); \
         } else {                                                                                       \
-            rows_axpy_##scalar(M, K, N, b, a, c); /* c_m += a_m^T b */                                 \
+            matrix_vector_##scalar(M, N, K, b, transposed, a, c, 0, 1);                                \
         }                                                                                              \
     }                                                                                                  \
     static void matmul_##scalar(void* gemm, int M, int N, int K, scalar alpha, const scalar* a, char op_a, \
