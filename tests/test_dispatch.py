@@ -85,11 +85,24 @@ def test_auto_prefers_vendor_and_says_why_it_falls_back():
 
 def test_last_dispatch_records_the_path_of_the_last_call():
     layer = ls.LSTM(4, 3)
-    x = torch.randn(2, 5, 3)
+    x = torch.randn(3, 5, 3)
     layer(x)
     assert layer.last_dispatch.implementation == "vendor"
-    layer(x, lengths=torch.tensor([5, 2]))
+    layer(x, lengths=torch.tensor([5, 2, 4]))
     assert layer.last_dispatch.implementation == "fused"
+    layer(x[:2])  # up to FUSED_FIRST_BATCH rows the fused kernel comes first
+    assert layer.last_dispatch == ls.dispatch.Dispatch("fused", {})
+
+
+@pytest.mark.parametrize("batch, path", [(None, "vendor"), (1, "fused"), (2, "fused"), (3, "vendor"), (64, "vendor")])
+def test_auto_tries_the_fused_lstm_first_at_batches_of_one_and_two(batch, path):
+    """Where a step is a matrix-vector product, the fused kernel's loops in C beat oneDNN's (the
+    measurements beside FUSED_FIRST_BATCH); the order the cell prefers is kept for the rest."""
+    assert ls.dispatch.FUSED_FIRST_BATCH == 2
+    assert ls.LSTM(4).dispatch(batch=batch) == ls.dispatch.Dispatch(path, {})
+    assert ls.GRU(4).dispatch(batch=batch).implementation == "fused"  # fused first at every batch
+    assert ls.LSTM(4, recurrent_activation="hard_sigmoid").dispatch(batch=batch).implementation == "loop"  # neither can run it
+    assert ls.LSTM(4, implementation="vendor").dispatch(batch=batch).implementation == "vendor"  # a named path is taken as named
 
 
 def test_asking_for_a_path_that_cannot_run_raises():
@@ -150,7 +163,7 @@ def test_a_remembered_decision_follows_every_change_of_the_cell():
     """`dispatch` keeps its decision while the built-in cell is unchanged, and decides again after any
     attribute assignment: an option set by hand, train / eval, or a layer's own `implementation`."""
     layer = ls.LSTM(4, 3)
-    x = torch.randn(2, 5, 3)
+    x = torch.randn(3, 5, 3)
     layer(x)  # (keeps a zero bias for torch's kernel: a cache, not a change)
     first = layer.last_dispatch
     layer(x)

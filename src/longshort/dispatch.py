@@ -21,7 +21,9 @@ overrides their `recur`, whose math the kernels would not follow.
 `implementation="auto"` takes the first path that can run the call, in the order the cell
 prefers (`cell.preference`, by default vendor, fused, loop: the LSTM's; GRU and SimpleRNN put
 fused first, because torch's CPU kernels for them are an autograd loop in C++, slower than the
-fused ones in training and no faster in inference: see benchmarks/RESULTS.md);
+fused ones in training and no faster in inference: see benchmarks/RESULTS.md), except that a
+call of up to FUSED_FIRST_BATCH rows tries the fused kernel first: a step there is a
+matrix-vector product, which the fused loops in C do faster than oneDNN's call a step;
 naming one asks for it and raises if it cannot. `layer.dispatch(masked=...)` says which
 path a call would take and why each other path was refused; `layer.last_dispatch` is the
 decision of the last call.
@@ -35,6 +37,11 @@ from torch import nn
 
 IMPLEMENTATIONS = ("auto", "vendor", "fused", "compiled", "loop")
 PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries unless the cell says otherwise; "compiled" runs only when named
+# Up to this batch "auto" tries the fused kernel first. The fused LSTM's time / torch.nn.LSTM's
+# (AMD EPYC, T=100, H=64 / 256 / 512, 11 interleaved repeats): training at B=1 0.67 / 0.47 / 0.46,
+# B=2 0.53 / 0.80 / 0.73, B=4 0.59 / 1.01 / 0.82; forward only (no grad) at B=1 0.97 / 0.87 / 0.98,
+# B=2 0.47 / 0.86 / 0.95, B=3 0.57 / 1.01 / 1.19, B=4 0.63 / 1.27 / 1.67.
+FUSED_FIRST_BATCH = 2
 NOT_ASKED = "it runs only when asked for (implementation='compiled'): compiling takes seconds at the first call"
 
 
@@ -63,11 +70,22 @@ def refusals(cell: nn.Module, masked: bool, compiled_refusal: Optional[str] = NO
     return reasons
 
 
-def choose(implementation: str, cell: nn.Module, masked: bool, who: str, compiled_refusal: Optional[str] = NOT_ASKED) -> Dispatch:
-    """The path for `implementation` ("auto" or one path), or a ValueError saying why it cannot run."""
+def preference(cell: nn.Module, batch: Optional[int] = None) -> tuple[str, ...]:
+    """The order "auto" tries the paths in for a call of `batch` rows (None: not known): the
+    cell's, with the fused kernel first up to FUSED_FIRST_BATCH rows."""
+    order = tuple(getattr(cell, "preference", PREFERENCE))
+    if batch is not None and batch <= FUSED_FIRST_BATCH and "fused" in order:
+        order = ("fused", *(path for path in order if path != "fused"))
+    return order
+
+
+def choose(implementation: str, cell: nn.Module, masked: bool, who: str, compiled_refusal: Optional[str] = NOT_ASKED,
+           batch: Optional[int] = None) -> Dispatch:
+    """The path for `implementation` ("auto" or one path) in a call of `batch` rows (None: not
+    known), or a ValueError saying why it cannot run."""
     refused = refusals(cell, masked, compiled_refusal)
     if implementation == "auto":
-        path = next(path for path in getattr(cell, "preference", PREFERENCE) if path not in refused)
+        path = next(path for path in preference(cell, batch) if path not in refused)
         if path != "loop":  # the compiled path would only be slower; mention it where it could help
             del refused["compiled"]
         return Dispatch(path, refused)

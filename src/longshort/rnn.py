@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedTensorMixin
 
 from longshort._validate import check_flag, check_sequence, resolve_mask
-from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose
+from longshort.dispatch import FUSED_FIRST_BATCH, NOT_ASKED, Dispatch, check_implementation, choose
 
 if TYPE_CHECKING:
     from longshort.compiled import CompiledLoop
@@ -208,15 +208,16 @@ class RNN(nn.Module):
             output = outputs[:, -1] if last is None else last  # (B, H)
         return (output, *flatten_state(state)) if self.return_state else output
 
-    def dispatch(self, masked: bool = False) -> Dispatch:
-        """The path (vendor, fused or loop) a call, with a mask if `masked`, takes, and why each
-        other path was refused (see `longshort.dispatch`)."""
+    def dispatch(self, masked: bool = False, batch: Optional[int] = None) -> Dispatch:
+        """The path (vendor, fused or loop) a call, with a mask if `masked`, of `batch` rows (None:
+        as a large batch) takes, and why each other path was refused (see `longshort.dispatch`)."""
         compiled_refusal = self._compiled_refusal if self.implementation == "compiled" else NOT_ASKED
         changes = getattr(self.cell, "changes", None)  # the built-in cells count their attribute assignments
-        key = (self.implementation, masked, compiled_refusal, changes)
+        small = batch is not None and batch <= FUSED_FIRST_BATCH  # all that the batch changes
+        key = (self.implementation, masked, compiled_refusal, changes, small)
         decision = self._decisions.get(key)
         if decision is None:  # a new call or a changed cell (train/eval included): decide again (about 15 us a call)
-            decision = choose(self.implementation, self.cell, masked, type(self).__name__, compiled_refusal)
+            decision = choose(self.implementation, self.cell, masked, type(self).__name__, compiled_refusal, batch)
             if changes is not None:
                 if len(self._decisions) > 8:
                     self._decisions.clear()
@@ -228,7 +229,7 @@ class RNN(nn.Module):
         None when not needed), the last output (of the last real step; None when that is simply
         `outputs[:, -1]`, taken only where it is used: a view of the outputs costs a few
         microseconds a call), and the final state."""
-        self.last_dispatch = self.dispatch(masked=mask is not None)
+        self.last_dispatch = self.dispatch(masked=mask is not None, batch=x.shape[0])
         path = self.last_dispatch.implementation
         if path == "loop":
             return self.run_loop(x, state, mask)
