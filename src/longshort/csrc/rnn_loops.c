@@ -125,9 +125,9 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * (from L1 for the second and third): at B=1 in about half the time of gemm's call on two (LSTM,
  * H=256); a whole training step at H=256 took 9.7 ms instead of 12.5 at B=2 and 13.4 instead of
  * 18.8 at B=3 (GRU 8.0 / 9.9 and 10.7 / 13.6); at B=4 the two loops took 11.3 ms this way and
- * 10.2 calling gemm, so from B=4 on they call gemm. At B=1 the product can be split between the
- * threads (Threads, below). SMALL_BATCH comes from longshort.native (-DSMALL_BATCH), which lays
- * the weight out for these products (`forward_weight`). */
+ * 10.2 calling gemm, so from B=4 on they call gemm. There, from SPLIT_PRODUCT weights on, the
+ * threads split each product between them (Threads, below). Both come from longshort.native (-D),
+ * which lays the weight out for these products (`forward_weight`). */
 #ifndef SMALL_BATCH
 #define SMALL_BATCH 3
 #endif
@@ -155,16 +155,18 @@ double tanh(double) __attribute__((simd("notinbranch")));
             _Pragma("omp barrier") /* all of z is */                                                   \
             return;                                                                                    \
         }                                                                                              \
-        B = b1 - b0, h += b0 * K, z += b0 * G; /* from here on, the rows b0.. are the batch */         \
-        if (B == 1) { /* the same as below, compiled for one row */                                    \
-            matrix_vector_##suffix(1, G, K, w, !w_transposed, h, z, 0, 1);                             \
-        } else if (B <= SMALL_BATCH) {                                                                 \
-            matrix_vector_##suffix(B, G, K, w, !w_transposed, h, z, 0, 1);                             \
+        const int64_t n = b1 - b0; /* the rows b0.. on their own */                                    \
+        const scalar *h_rows = h + b0 * K;                                                             \
+        scalar *z_rows = z + b0 * G;                                                                   \
+        if (n == 1) { /* the same as below, compiled for one row */                                    \
+            matrix_vector_##suffix(1, G, K, w, !w_transposed, h_rows, z_rows, 0, 1);                   \
+        } else if (n <= SMALL_BATCH) {                                                                 \
+            matrix_vector_##suffix(n, G, K, w, !w_transposed, h_rows, z_rows, 0, 1);                   \
         } else {                                                                                       \
             const char transa = w_transposed ? 'N' : 'T', transb = 'N';                                \
-            const int m = G, n = B, k = K, lda = w_transposed ? G : K, ldb = K, ldc = G;               \
+            const int m = G, rows = n, k = K, lda = w_transposed ? G : K, ldb = K, ldc = G;            \
             const scalar one = 1;                                                                      \
-            gemm(&transa, &transb, &m, &n, &k, &one, w, &lda, h, &ldb, &one, z, &ldc);                 \
+            gemm(&transa, &transb, &m, &rows, &k, &one, w, &lda, h_rows, &ldb, &one, z_rows, &ldc);    \
         }                                                                                              \
     }                                                                                                  \
                                                                                                        \
@@ -183,16 +185,18 @@ double tanh(double) __attribute__((simd("notinbranch")));
             matrix_vector_##suffix(B, K, G, w, w_transposed, dz, out, omp_get_thread_num(), parts);    \
             _Pragma("omp barrier") /* all of out is */                                                 \
         } else {                                                                                       \
-            const int64_t n = b1 - b0; /* the rows b0.. */                                             \
+            const int64_t n = b1 - b0; /* the rows b0.. on their own */                                \
+            const scalar *dz_rows = dz + b0 * G;                                                       \
+            scalar *out_rows = out + b0 * K;                                                           \
             if (n == 1) { /* the same as below, compiled for one row */                                \
-                matrix_vector_##suffix(1, K, G, w, w_transposed, dz + b0 * G, out + b0 * K, 0, 1);     \
+                matrix_vector_##suffix(1, K, G, w, w_transposed, dz_rows, out_rows, 0, 1);             \
             } else if (n <= SMALL_BATCH) {                                                             \
-                matrix_vector_##suffix(n, K, G, w, w_transposed, dz + b0 * G, out + b0 * K, 0, 1);     \
+                matrix_vector_##suffix(n, K, G, w, w_transposed, dz_rows, out_rows, 0, 1);             \
             } else {                                                                                   \
                 const char transa = w_transposed ? 'T' : 'N', transb = 'N';                            \
-                const int m = K, nn = n, k = G, lda = w_transposed ? G : K, ldb = G, ldc = K;          \
+                const int m = K, rows = n, k = G, lda = w_transposed ? G : K, ldb = G, ldc = K;        \
                 const scalar one = 1;                                                                  \
-                gemm(&transa, &transb, &m, &nn, &k, &one, w, &lda, dz + b0 * G, &ldb, &one, out + b0 * K, &ldc); \
+                gemm(&transa, &transb, &m, &rows, &k, &one, w, &lda, dz_rows, &ldb, &one, out_rows, &ldc); \
             }                                                                                          \
         }                                                                                              \
         if (r)                                                                                         \
