@@ -127,7 +127,7 @@ def _in_step_layout(weight_hh: Tensor, batch: int) -> Tensor:
     """weight_hh (4H, H), laid out in memory for the torch ops' per-step matmuls: as it is, except
     at a batch of one or two, where a step's matmul is a matrix-vector product, faster with the
     transpose contiguous both ways (B=1, H=256 here: 19 us instead of 26 forward, 19 instead of 23
-    backward). The C loops choose their own (`native.loop_weight`)."""
+    backward). The C loops choose their own (`native.forward_weight`)."""
     return weight_hh.T.contiguous().T if batch <= 2 else weight_hh
 
 

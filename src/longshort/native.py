@@ -9,9 +9,10 @@ a call of torch's own BLAS gemm (MKL's `sgemm_` / `dgemm_`, found in libtorch_cp
 handed to C), or on up to 3 rows matrix-vector products of the C file's own, and one pass of
 gate math. From `threads_for(B)` > 1 on, each of torch's threads runs its share of the batch's
 rows through the whole loop (the rows of a recurrence never meet), its gemm on that thread alone.
-A batch of one row cannot be shared out: from a recurrent weight of SPLIT_PRODUCT elements on, the
-threads split each step's matrix-vector product there instead, each computing a part of its
-outputs, and `forward_weight` lays the weight out for them.
+A batch of one row cannot be shared out, and a few rows stream the whole weight from cache for
+little arithmetic: up to SMALL_BATCH rows, from a recurrent weight of SPLIT_PRODUCT elements on,
+the threads split each step's matrix-vector product instead (`splits_products`), each computing
+a part of it, and `forward_weight` lays the weight out for them.
 
 Building. The first process that needs it compiles the source with the C compiler (`$CC`, else
 `cc`) into `$LONGSHORT_CACHE` (default `~/.cache/longshort`), under a name that hashes the
@@ -50,8 +51,10 @@ STEP_LOOPS_SOURCE = SOURCE.with_name("step_loops.c")  # the compiled path's loop
 SMALL_BATCH = 3  # up to this batch the C loops do a step's products as matrix-vector ones of their own (rnn_loops.c)
 # From a recurrent weight of this many elements on, the threads split each step's products at
 # batches up to SMALL_BATCH (`splits_products`; rnn_loops.c, Threads). An LSTM's loops at B=1,
-# T=100, one thread / two, us a step: at H=128 (2^16) 3.7 / 4.4 forward, 3.1 / 4.7 backward; at
-# H=192 (1.1 x 2^17) 9.7 / 7.3 and 8.6 / 8.9; at H=256 (2^18) 17.0 / 12.4 and 16.8 / 15.4.
+# T=100, one thread / split between two, us a step (built with the split from any size): at H=128
+# (2^16) 4.1 / 6.4 forward, 3.5 / 5.4 backward; H=160 7.8 / 8.1 and 7.5 / 6.8; H=192 (1.1 x 2^17)
+# 9.3 / 6.9 and 8.9 / 5.4; H=256 (2^18) 19.2 / 13.0 and 19.5 / 13.1. (A busy host can undo it: in
+# one run minutes earlier the split lost even at H=256, 21.6 against 19.0 forward.)
 SPLIT_PRODUCT = 1 << 17
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", f"-DSMALL_BATCH={SMALL_BATCH}",
          f"-DSPLIT_PRODUCT={SPLIT_PRODUCT}")
