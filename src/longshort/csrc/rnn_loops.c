@@ -139,9 +139,35 @@ double tanh(double) __attribute__((simd("notinbranch")));
                                                                                                        \
     MATRIX_VECTOR(scalar, suffix)                                                                      \
                                                                                                        \
+    /* y (B, J) += x (B, I) A^T in the rows [b0, b1) of the batch, A (J, I) stored row-major          \
+     * (a_rows) or as A^T (I, J) row-major: the step's product, both ways. Split in `parts` (see       \
+     * Threads below): this thread's part of it for all B rows, after the gate math of every           \
+     * thread's rows and before. */                                                                    \
+    static void add_product_##suffix(gemm_##suffix gemm, int64_t B, int64_t b0, int64_t b1, int64_t J, int64_t I, \
+                                     const scalar *a, int64_t a_rows, const scalar *x, scalar *y, int64_t parts) { \
+        if (parts > 1) {                                                                               \
+            _Pragma("omp barrier") /* x is written, every row */                                       \
+            matrix_vector_##suffix(B, J, I, a, a_rows, x, y, omp_get_thread_num(), parts);             \
+            _Pragma("omp barrier") /* all of y is */                                                   \
+            return;                                                                                    \
+        }                                                                                              \
+        const int64_t n = b1 - b0; /* the rows b0.. on their own */                                    \
+        const scalar *x_rows = x + b0 * I;                                                             \
+        scalar *y_rows = y + b0 * J;                                                                   \
+        if (n == 1) { /* the same as below, compiled for one row */                                    \
+            matrix_vector_##suffix(1, J, I, a, a_rows, x_rows, y_rows, 0, 1);                          \
+        } else if (n <= SMALL_BATCH) {                                                                 \
+            matrix_vector_##suffix(n, J, I, a, a_rows, x_rows, y_rows, 0, 1);                          \
+        } else { /* y^T (J, n) += A x^T: gemm reads a row-major A as A^T ('T'), a row-major A^T as A */ \
+            const char transa = a_rows ? 'T' : 'N', transb = 'N';                                      \
+            const int m = J, rows = n, k = I, lda = a_rows ? I : J, ldb = I, ldc = J;                  \
+            const scalar one = 1;                                                                      \
+            gemm(&transa, &transb, &m, &rows, &k, &one, a, &lda, x_rows, &ldb, &one, y_rows, &ldc);    \
+        }                                                                                              \
+    }                                                                                                  \
+                                                                                                       \
     /* z (B, G) += (r h) (B, K) W_hh^T in the rows [b0, b1) of the batch, r the recurrent dropout      \
-     * mask (B, K) or NULL; buffer (B, K). Split in `parts` (see Threads below): this thread's part    \
-     * of the product for all B rows, after the gate math of every thread's rows and before. */        \
+     * mask (B, K) or NULL; buffer (B, K). */                                                          \
     static void add_recurrent_share_##suffix(gemm_##suffix gemm, int64_t B, int64_t b0, int64_t b1, int64_t K, \
                                              int64_t G, const scalar *h, const scalar *w, int64_t w_transposed, \
                                              const scalar *r, scalar *buffer, scalar *z, int64_t parts) { \
@@ -149,29 +175,11 @@ double tanh(double) __attribute__((simd("notinbranch")));
             for (int64_t j = b0 * K; j < b1 * K; j++) buffer[j] = h[j] * r[j];                         \
             h = buffer;                                                                                \
         }                                                                                              \
-        if (parts > 1) {                                                                               \
-            _Pragma("omp barrier") /* h (or buffer) is written, every row */                           \
-            matrix_vector_##suffix(B, G, K, w, !w_transposed, h, z, omp_get_thread_num(), parts);      \
-            _Pragma("omp barrier") /* all of z is */                                                   \
-            return;                                                                                    \
-        }                                                                                              \
-        const int64_t n = b1 - b0; /* the rows b0.. on their own */                                    \
-        const scalar *h_rows = h + b0 * K;                                                             \
-        scalar *z_rows = z + b0 * G;                                                                   \
-        if (n == 1) { /* the same as below, compiled for one row */                                    \
-            matrix_vector_##suffix(1, G, K, w, !w_transposed, h_rows, z_rows, 0, 1);                   \
-        } else if (n <= SMALL_BATCH) {                                                                 \
-            matrix_vector_##suffix(n, G, K, w, !w_transposed, h_rows, z_rows, 0, 1);                   \
-        } else {                                                                                       \
-            const char transa = w_transposed ? 'N' : 'T', transb = 'N';                                \
-            const int m = G, rows = n, k = K, lda = w_transposed ? G : K, ldb = K, ldc = G;            \
-            const scalar one = 1;                                                                      \
-            gemm(&transa, &transb, &m, &rows, &k, &one, w, &lda, h_rows, &ldb, &one, z_rows, &ldc);    \
-        }                                                                                              \
+        add_product_##suffix(gemm, B, b0, b1, G, K, w, !w_transposed, h, z, parts); /* A = W */        \
     }                                                                                                  \
                                                                                                        \
     /* dh (B, K) += r (dz (B, G) W_hh) in the rows [b0, b1), r the recurrent dropout mask or NULL;     \
-     * buffer (B, K). Split in `parts` as above. */                                                    \
+     * buffer (B, K). */                                                                               \
     static void add_recurrent_gradient_##suffix(gemm_##suffix gemm, int64_t B, int64_t b0, int64_t b1, int64_t K, \
                                                 int64_t G, const scalar *dz, const scalar *w, int64_t w_transposed, \
                                                 const scalar *r, scalar *buffer, scalar *dh, int64_t parts) { \
@@ -180,25 +188,7 @@ double tanh(double) __attribute__((simd("notinbranch")));
             for (int64_t j = b0 * K; j < b1 * K; j++) buffer[j] = 0;                                   \
             out = buffer;                                                                              \
         }                                                                                              \
-        if (parts > 1) {                                                                               \
-            _Pragma("omp barrier") /* dz (and buffer) is written, every row */                         \
-            matrix_vector_##suffix(B, K, G, w, w_transposed, dz, out, omp_get_thread_num(), parts);    \
-            _Pragma("omp barrier") /* all of out is */                                                 \
-        } else {                                                                                       \
-            const int64_t n = b1 - b0; /* the rows b0.. on their own */                                \
-            const scalar *dz_rows = dz + b0 * G;                                                       \
-            scalar *out_rows = out + b0 * K;                                                           \
-            if (n == 1) { /* the same as below, compiled for one row */                                \
-                matrix_vector_##suffix(1, K, G, w, w_transposed, dz_rows, out_rows, 0, 1);             \
-            } else if (n <= SMALL_BATCH) {                                                             \
-                matrix_vector_##suffix(n, K, G, w, w_transposed, dz_rows, out_rows, 0, 1);             \
-            } else {                                                                                   \
-                const char transa = w_transposed ? 'T' : 'N', transb = 'N';                            \
-                const int m = K, rows = n, k = G, lda = w_transposed ? G : K, ldb = G, ldc = K;        \
-                const scalar one = 1;                                                                  \
-                gemm(&transa, &transb, &m, &rows, &k, &one, w, &lda, dz_rows, &ldb, &one, out_rows, &ldc); \
-            }                                                                                          \
-        }                                                                                              \
+        add_product_##suffix(gemm, B, b0, b1, K, G, w, w_transposed, dz, out, parts); /* A = W^T */    \
         if (r)                                                                                         \
             for (int64_t j = b0 * K; j < b1 * K; j++) dh[j] += buffer[j] * r[j];                       \
     }
