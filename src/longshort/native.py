@@ -7,7 +7,7 @@ arithmetic, is most of a step. Where this module can build the C version, the ke
 (through ctypes) once for the whole forward loop and once for the backward: each step there is
 a call of torch's own BLAS gemm (MKL's `sgemm_` / `dgemm_`, found in libtorch_cpu, its address
 handed to C), or on up to 3 rows matrix-vector products of the C file's own, and one pass of
-gate math. From `threads_for(B)` > 1 on, each of torch's threads runs its share of the batch's
+gate math. Where `threads_for` gives more than one, each of torch's threads runs its share of the batch's
 rows through the whole loop (the rows of a recurrence never meet), its gemm on that thread alone.
 A batch of one row cannot be shared out, and a few rows stream the whole weight from cache for
 little arithmetic: up to SMALL_BATCH rows, from a recurrent weight of SPLIT_PRODUCT elements on,
