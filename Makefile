@@ -9,8 +9,12 @@ STAMP := $(VENV)/.installed
 demo: $(STAMP)
 	$(BIN)/longshort demo
 
+# Two test processes at once (pytest-xdist): most of the suite's time is single-threaded (subprocesses
+# importing torch, Inductor compiling), so two workers on two cores take about 2/3 of the time of one.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 install: $(STAMP)
 

@@ -8,11 +8,20 @@
 
 Each property sets its own number of examples for "ci"; `examples()` in test_properties.py
 scales it by the loaded profile's `max_examples / 100`.
+
+`make test` runs the suite in two worker processes (pytest-xdist, `-n 2`). In each, OpenMP's
+threads wait at a barrier asleep (`OMP_WAIT_POLICY=passive`), not spinning: a spinning thread
+would take the core the other worker is using (a gradcheck at a batch of 8 went from 0.7 s to
+8 s). The setting is read when torch and the C loops load OpenMP, so it is made here, before
+any test module imports torch; the subprocesses the tests start inherit it.
 """
 
 from __future__ import annotations
 
 import os
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 from hypothesis import HealthCheck, settings
 
