@@ -32,7 +32,8 @@
  * then dh_prev += r (dz W_hh), r the recurrent dropout mask (1 without). At a masked step
  * dz = 0, and dh (added onto dh_prev) and dc pass to the previous step unchanged.
  *
- * Built by `longshort.native` with -O3 -march=native -fno-math-errno -fopenmp (the last for the
+ * Built by `longshort.native` with -O2 -ftree-vectorize -fvect-cost-model=dynamic (-O3's vectorizer,
+ * as fast here and quicker to compile) -march=native -fno-math-errno -fopenmp (the last for the
  * threads that split a batch, below, and the `omp simd reduction` pragmas, which let a sum be
  * vectorised; the OpenMP runtime is the libgomp torch has loaded already). glibc's libmvec holds
  * vector versions of exp and tanh; declared below, the compiler calls them 8 or 16 lanes at a
