@@ -81,11 +81,22 @@ class Kernel:
     reference: Callable
 
 
+def time_major(recurrence: Callable) -> Callable:
+    """`recurrence` called as the layers call it, time-major: p (T, B, G) contiguous in, y (T, B, H) out (turned back here)."""
+    def batch_major(p, *rest):
+        y, *states = recurrence(p.transpose(0, 1).contiguous(), *rest, time_major=True)
+        return (y.transpose(0, 1), *states)
+    return batch_major
+
+
 KERNELS = {
     "lstm": Kernel(4, 2, False, lambda p, h, c, w, m, r: lstm_recurrence(p, (h, c), w, m, r), lstm_reference),
+    "lstm_time_major": Kernel(4, 2, False, time_major(lambda p, h, c, w, m, r, **how: lstm_recurrence(p, (h, c), w, m, r, **how)),
+                              lstm_reference),
     "lstm_torch_ops": Kernel(4, 2, False, lambda p, h, c, w, m, r: lstm_recurrence(p, (h, c), w, m, r), lstm_reference),
     "gru": Kernel(3, 1, True, gru_recurrence, gru_reference),
     "gru_torch_ops": Kernel(3, 1, True, gru_recurrence, gru_reference),
+    "gru_time_major": Kernel(3, 1, True, time_major(gru_recurrence), gru_reference),
     "gru_nobias": Kernel(3, 1, False, lambda p, h, w, m, r: gru_recurrence(p, h, w, None, m, r),
                          lambda p, h, w, m, r: gru_reference(p, h, w, None, m, r)),
     "rnn_tanh": Kernel(1, 1, False, lambda p, h, w, m, r: simple_rnn_recurrence(p, h, w, "tanh", m, r),

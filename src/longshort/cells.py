@@ -168,6 +168,11 @@ class Cell(LazyInput):
         x = self._variational_dropout(x, "input")
         return F.linear(x, self.weight_ih, self.input_bias)
 
+    def time_major_input(self, x: Tensor) -> Tensor:
+        """`project_input` of every step of x (B, T, F), time-major (T, B, G*H): what the fused kernels take."""
+        x = self._variational_dropout(x, "input")
+        return F.linear(x.transpose(0, 1), self.weight_ih, self.input_bias)  # (T, B, G*H)
+
     def recur(self, p_t: Tensor, state):
         """One step from the projected input `p_t` (B, G*H) and the previous state."""
         raise NotImplementedError
@@ -426,11 +431,6 @@ class LSTMCell(Cell):
     def vendor_kernel(self):
         return torch.lstm
 
-    def time_major_input(self, x: Tensor) -> Tensor:
-        """`p_t = W_ih x_t + b` of every step of x (B, T, F), time-major (T, B, 4H): what the fused kernels take."""
-        x = self._variational_dropout(x, "input")
-        return F.linear(x.transpose(0, 1), self.weight_ih, self.bias)  # (T, B, 4H)
-
     def layer_norm_weights(self) -> Optional[LayerNormWeights]:
         """The layer norm weights of the fused kernel's recurrent side and cell; None: no layer norm."""
         return None
@@ -536,8 +536,9 @@ class GRUCell(Cell):
         return [self.bias_ih, self.bias_hh]
 
     def run_fused(self, x: Tensor, h0: Tensor, mask: Optional[Tensor]):
-        y, h = gru_recurrence(self.project_input(x), h0, self.weight_hh, self.bias_hh, mask, self.dropout_mask("recurrent", h0))
-        return y, _last(h, mask), h
+        p = self.time_major_input(x)  # (T, B, 3H)
+        y, h = gru_recurrence(p, h0, self.weight_hh, self.bias_hh, mask, self.dropout_mask("recurrent", h0), time_major=True)
+        return y.transpose(0, 1), _last(h, mask), h  # y (B, T, H)
 
 
 class LayerNormLSTMCell(LSTMCell):

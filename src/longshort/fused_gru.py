@@ -79,23 +79,22 @@ from longshort.native import LoopKernels, address, forward_weight, loops_for, th
 
 
 class GRURecurrence(torch.autograd.Function):
-    """p (B, T, 3H), h0 (B, H), weight_hh (3H, H), bias_hh (3H,) or None -> y (B, T, H), h_T."""
+    """Time-major: p (T, B, 3H), h0 (B, H), weight_hh (3H, H), bias_hh (3H,) or None, step_mask (B, T) -> y (T, B, H), h_T."""
 
     @staticmethod
     def forward(ctx, p, h0, weight_hh, bias_hh, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         ctx.set_materialize_grads(False)
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
-        B, T, three_h = p.shape
+        T, B, three_h = p.shape
         H = three_h // 3
-        p_steps = p.transpose(0, 1)  # (T, B, 3H), a view: only read
-        n = workspace.empty(p, T, B, H).copy_(p_steps[..., 2 * H :])  # (T, B, H) p_n, becomes n
+        n = workspace.empty(p, T, B, H).copy_(p[..., 2 * H :])  # (T, B, H) p_n, becomes n
         rzq = workspace.empty(p, T, B, three_h)  # p_r + b_hr, p_z + b_hz, b_hn; becomes r, z, q_n
         rz = rzq[..., : 2 * H]  # (T, B, 2H)
         if bias_hh is None:
-            rz.copy_(p_steps[..., : 2 * H])
+            rz.copy_(p[..., : 2 * H])
             rzq[..., 2 * H :] = 0
         else:
-            torch.add(p_steps[..., : 2 * H], bias_hh[: 2 * H], out=rz)
+            torch.add(p[..., : 2 * H], bias_hh[: 2 * H], out=rz)
             rzq[..., 2 * H :] = bias_hh[2 * H :]
         r, z, q_n = rzq.split(H, dim=2)  # each (T, B, H)
         if step_mask is not None:  # a masked step reads no input and has its update gate shut: h = h_prev
@@ -114,7 +113,7 @@ class GRURecurrence(torch.autograd.Function):
             y = y * step_mask.T.unsqueeze(-1)
         ctx.save_for_backward(rzq, n, h_all, weight_hh, step_mask, recurrent_mask)
         ctx.has_bias = bias_hh is not None
-        return y.transpose(0, 1), h_all[T].clone()
+        return y, h_all[T].clone()
 
     @staticmethod
     @once_differentiable
@@ -139,7 +138,7 @@ class GRURecurrence(torch.autograd.Function):
         if dy is None:
             dh_all[1:] = 0
         else:
-            dh_all[1:] = dy.transpose(0, 1) if step_mask is None else dy.transpose(0, 1) * step_mask.T.unsqueeze(-1)
+            dh_all[1:] = dy if step_mask is None else dy * step_mask.T.unsqueeze(-1)
         if dh_T is not None:
             dh_all[T] += dh_T
         dq_w = None if recurrent_mask is None else rzq.new_empty(B, H)
@@ -150,9 +149,8 @@ class GRURecurrence(torch.autograd.Function):
         h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask  # (T, B, H)
         dweight_hh = dq_all.reshape(T * B, three_h).T @ h_in.reshape(T * B, H)  # (3H, H)
         dbias_hh = dq_all.sum(dim=(0, 1)) if ctx.has_bias else None  # (3H,)
-        torch.mul(dh_all[1:], da_n_per_dh, out=dq_n)  # dq_n -> da_n: dq_all is now dp
-        dp = dq_all.transpose(0, 1)  # (B, T, 3H)
-        return dp, dh_all[0], dweight_hh, dbias_hh, None, None
+        torch.mul(dh_all[1:], da_n_per_dh, out=dq_n)  # dq_n -> da_n: dq_all is now dp (T, B, 3H)
+        return dq_all, dh_all[0], dweight_hh, dbias_hh, None, None
 
 
 # The loops. The torch-ops versions are the reference; where longshort.native builds
@@ -218,9 +216,15 @@ def gru_recurrence(
     bias_hh: Optional[Tensor] = None,
     step_mask: Optional[Tensor] = None,
     recurrent_mask: Optional[Tensor] = None,
+    time_major: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Run the GRU recurrence over the projected inputs p (B, T, 3H) (gates r, z, n) from h0 (B, H).
 
     Returns every output y (B, T, H) (zero at masked steps) and the final carried h.
+    With `time_major`, p is (T, B, 3H) and y comes back (T, B, H): the loop works time-major,
+    so this spares reading p across its rows forward and a copy of its gradient backward.
     """
-    return GRURecurrence.apply(p, h0, weight_hh, bias_hh, step_mask, recurrent_mask)
+    if time_major:
+        return GRURecurrence.apply(p, h0, weight_hh, bias_hh, step_mask, recurrent_mask)
+    y, h = GRURecurrence.apply(p.transpose(0, 1), h0, weight_hh, bias_hh, step_mask, recurrent_mask)
+    return y.transpose(0, 1), h
