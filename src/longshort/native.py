@@ -62,8 +62,8 @@ SPLIT_PRODUCT = 1 << 17
 # B=1, 2, 32 and H=64, 256: 0.97-1.05 of -O3's time; the compiled path's 0.95-1.02) and
 # rnn_loops.c compiles in 4 s instead of 11-17 (gcc 12; plain -O2: 2.5 s, but 1.2-2.3x slower
 # loops, its cheap cost model leaving the gate math unvectorized).
-FLAGS = ("-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", f"-DSMALL_BATCH={SMALL_BATCH}",
-         f"-DSPLIT_PRODUCT={SPLIT_PRODUCT}")
+FLAGS = ("-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-march=native", "-fno-math-errno", "-fopenmp",
+         "-fPIC", "-shared", f"-DSMALL_BATCH={SMALL_BATCH}", f"-DSPLIT_PRODUCT={SPLIT_PRODUCT}")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
