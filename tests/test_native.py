@@ -112,19 +112,25 @@ def test_threads_follow_torch_and_the_batch(monkeypatch):
 
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
-@pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("batch, threads, split", [
+    (1, 2, True), (1, 3, True), (2, 2, True), (2, 3, True), (3, 2, True), (3, 3, True),  # matrix-vector products, split
+    (5, 2, False), (7, 3, False),  # up to 3 rows a thread: each thread its own rows' matrix-vector products
+    (7, 2, True), (10, 3, True), (32, 2, True),  # more: gemm, split
+    (33, 2, False),  # beyond SPLIT_BATCH: each thread gemm on its own rows
+])
 @pytest.mark.parametrize("layer_class, units, options", [
     (ls.LSTM, 191, {}), (ls.GRU, 211, {}), (ls.SimpleRNN, 363, {"activation": "tanh"}), (ls.SimpleRNN, 363, {"activation": "relu"}),
     (ls.LayerNormLSTM, 191, {}), (ls.LSTM, 191, {"peephole": True, "zoneout": 0.2}),
 ], ids=["lstm", "gru", "rnn_tanh", "rnn_relu", "layer_norm", "peephole_zoneout"])
-def test_the_products_split_between_threads_at_small_batches_agree_with_one_thread(monkeypatch, threads, batch, layer_class,
-                                                                                   units, options):
-    """Up to SMALL_BATCH rows and from SPLIT_PRODUCT weights on (the sizes here are just above),
-    each thread computes a part of every step's recurrent product for all rows, forward and
-    backward, and the gate math of its own rows between. The units put the parts' edges at odd
-    places (rounded down to 16 elements); three threads leave one thread without a row at B=1 and
-    2; padding and recurrent dropout differ by row. Against one thread."""
+def test_the_products_split_between_threads_at_small_batches_agree_with_one_thread(monkeypatch, batch, threads, split,
+                                                                                   layer_class, units, options):
+    """From SPLIT_PRODUCT weights on (the sizes here are just above), up to SMALL_BATCH rows, and
+    from more than SMALL_BATCH rows a thread up to SPLIT_BATCH rows, each thread computes a part of
+    every step's recurrent product for all rows (matrix-vector products, then gemm), forward and
+    backward, and the gate math of its own rows between; otherwise each thread's product is its own
+    rows'. The units put the parts' edges at odd places (rounded down to 16 elements); three threads
+    leave one thread without a row at B=1 and 2; padding and recurrent dropout differ by row.
+    Against one thread."""
     torch.manual_seed(0)
     layer = layer_class(units, return_sequences=True, recurrent_dropout=0.3, implementation="fused", **options).double()
     x = torch.randn(batch, 9, 11, dtype=torch.float64)
@@ -133,15 +139,16 @@ def test_the_products_split_between_threads_at_small_batches_agree_with_one_thre
     results = {}
     for threads_used in (1, threads):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads_used)
-        assert native.splits_products(batch, weight) == (threads_used > 1)
+        assert native.splits_products(batch, weight) == (split and threads_used > 1)
         torch.manual_seed(1)  # the same dropout and zoneout masks
         layer.zero_grad()
-        results[threads_used] = training_step(layer, x, torch.tensor([6, 9, 3][:batch]))
+        results[threads_used] = training_step(layer, x, torch.tensor([6, 9, 3, 1, 8][:batch] * (batch // 5 + 1))[:batch])
     for split, whole in zip(results[threads], results[1]):
         torch.testing.assert_close(split, whole, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("batch, split, flag", [(1, False, 1), (1, True, 0), (3, False, 1), (3, True, 0), (32, False, 1)])
+@pytest.mark.parametrize("batch, split, flag", [(1, False, 1), (1, True, 0), (3, False, 1), (3, True, 0), (5, True, 1), (7, True, 0),
+                                               (32, False, 1), (32, True, 0), (33, True, 1)])
 def test_the_forward_loop_gets_the_weight_laid_out_for_its_products(monkeypatch, batch, split, flag):
     """W^T row-major (flag 1), except where the threads split the products: W as the layer holds
     it, not copied."""

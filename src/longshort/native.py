@@ -12,7 +12,8 @@ rows through the whole loop (the rows of a recurrence never meet), its gemm on t
 A batch of one row cannot be shared out, and a few rows stream the whole weight from cache for
 little arithmetic: up to SMALL_BATCH rows, from a recurrent weight of SPLIT_PRODUCT elements on,
 the threads split each step's matrix-vector product instead (`splits_products`), each computing
-a part of it, and `forward_weight` lays the weight out for them.
+a part of it, and `forward_weight` lays the weight out for them. So do they from more than
+SMALL_BATCH rows a thread up to SPLIT_BATCH rows, each a gemm on a part of the outputs.
 
 Building. The first process that needs it compiles the source with the C compiler (`$CC`, else
 `cc`) into `$LONGSHORT_CACHE` (default `~/.cache/longshort`), under a name that hashes the
@@ -57,13 +58,22 @@ SMALL_BATCH = 3  # up to this batch the C loops do a step's products as matrix-v
 # 9.3 / 6.9 and 8.9 / 5.4; H=256 (2^18) 19.2 / 13.0 and 19.5 / 13.1. (A busy host can undo it: in
 # one run minutes earlier the split lost even at H=256, 21.6 against 19.0 forward.)
 SPLIT_PRODUCT = 1 << 17
+# Beyond SMALL_BATCH rows a thread, a thread's own rows' product is a gemm of a few rows that
+# streams the whole weight as well: from there up to SPLIT_BATCH rows the threads split each
+# step's product too (each a gemm on a part of the outputs, for all rows). Side by side, a fused
+# LSTM training step, split / each its own rows: B=8 0.83-0.92 (H=256), 0.78-0.86 (H=512);
+# B=12 0.78-0.90; B=24, 32 0.89-0.94; the GRU, LayerNormLSTM and SimpleRNN at B=8 0.80-0.83. At
+# B=4-6 (up to 3 rows a thread, matrix-vector products) splitting lost or tied (0.99-1.16);
+# beyond 32 it made no difference (0.95-1.08, the noise of the host).
+SPLIT_BATCH = 32
 # -O2 with -O3's vectorizer (-ftree-vectorize for gcc before 12, whose -O2 has none; the cost model
 # -O3 uses): the loops run as fast as at -O3 (side by side, every fused kernel's training step at
 # B=1, 2, 32 and H=64, 256: 0.97-1.05 of -O3's time; the compiled path's 0.95-1.02) and
 # rnn_loops.c compiles in 4 s instead of 11-17 (gcc 12; plain -O2: 2.5 s, but 1.2-2.3x slower
 # loops, its cheap cost model leaving the gate math unvectorized).
 FLAGS = ("-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-march=native", "-fno-math-errno", "-fopenmp",
-         "-fPIC", "-shared", f"-DSMALL_BATCH={SMALL_BATCH}", f"-DSPLIT_PRODUCT={SPLIT_PRODUCT}")
+         "-fPIC", "-shared", f"-DSMALL_BATCH={SMALL_BATCH}", f"-DSPLIT_PRODUCT={SPLIT_PRODUCT}",
+         f"-DSPLIT_BATCH={SPLIT_BATCH}")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -217,9 +227,13 @@ def _kernels(library: ctypes.CDLL, suffix: str, gemm: int) -> LoopKernels:
 
 def splits_products(batch: int, weight: torch.Tensor) -> bool:
     """Whether the C loops' threads split each step's product with the recurrent `weight` (G, K)
-    at a batch of `batch` rows, rather than each doing its own rows' (rnn_loops.c, Threads): up
-    to SMALL_BATCH rows, from SPLIT_PRODUCT elements of weight on, on more than one thread."""
-    return batch <= SMALL_BATCH and weight.numel() >= SPLIT_PRODUCT and torch.get_num_threads() > 1
+    at a batch of `batch` rows, rather than each doing its own rows' (rnn_loops.c, Threads): from
+    SPLIT_PRODUCT elements of weight on, on more than one thread, up to SMALL_BATCH rows and from
+    more than SMALL_BATCH rows a thread up to SPLIT_BATCH rows."""
+    threads = torch.get_num_threads()
+    if threads == 1 or weight.numel() < SPLIT_PRODUCT:
+        return False
+    return batch <= SMALL_BATCH or SMALL_BATCH * min(threads, batch) < batch <= SPLIT_BATCH
 
 
 def threads_for(batch: int, weight: torch.Tensor) -> int:

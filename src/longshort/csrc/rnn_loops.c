@@ -135,20 +135,42 @@ double tanh(double) __attribute__((simd("notinbranch")));
 #ifndef SPLIT_PRODUCT
 #define SPLIT_PRODUCT (1 << 17)
 #endif
+#ifndef SPLIT_BATCH
+#define SPLIT_BATCH 32
+#endif
 #define MATMULS(scalar, suffix)                                                                        \
     GEMM_FUNCTION(scalar, gemm_##suffix);                                                              \
                                                                                                        \
     MATRIX_VECTOR(scalar, suffix)                                                                      \
                                                                                                        \
+    /* y^T (J, n) += A x^T, i.e. y (n, J) += x (n, I) A^T, through gemm: A (J, I) stored row-major     \
+     * (a_rows, which gemm reads as A^T: 'T') or as A^T row-major (read as A: 'N'), its rows lda       \
+     * apart as gemm counts them; x's rows I apart, y's ldy. */                                         \
+    static void gemm_product_##suffix(gemm_##suffix gemm, int64_t n, int64_t J, int64_t I, const scalar *a, \
+                                      int64_t lda, int64_t a_rows, const scalar *x, scalar *y, int64_t ldy) { \
+        const char transa = a_rows ? 'T' : 'N', transb = 'N';                                          \
+        const int m = J, rows = n, k = I, lda_ = lda, ldb = I, ldc = ldy;                              \
+        const scalar one = 1;                                                                          \
+        gemm(&transa, &transb, &m, &rows, &k, &one, a, &lda_, x, &ldb, &one, y, &ldc);                 \
+    }                                                                                                  \
+                                                                                                       \
     /* y (B, J) += x (B, I) A^T in the rows [b0, b1) of the batch, A (J, I) stored row-major          \
      * (a_rows) or as A^T (I, J) row-major: the step's product, both ways. Split in `parts` (see       \
      * Threads below): this thread's part of it for all B rows, after the gate math of every           \
-     * thread's rows and before. */                                                                    \
+     * thread's rows and before; up to SMALL_BATCH rows by matrix_vector, beyond by gemm on the       \
+     * outputs [j0, j1), rows j0.. of A. */                                                           \
     static void add_product_##suffix(gemm_##suffix gemm, int64_t B, int64_t b0, int64_t b1, int64_t J, int64_t I, \
                                      const scalar *a, int64_t a_rows, const scalar *x, scalar *y, int64_t parts) { \
+        const int64_t lda = a_rows ? I : J;                                                            \
         if (parts > 1) {                                                                               \
+            const int64_t part = omp_get_thread_num();                                                 \
             _Pragma("omp barrier") /* x is written, every row */                                       \
-            matrix_vector_##suffix(B, J, I, a, a_rows, x, y, omp_get_thread_num(), parts);             \
+            if (B <= SMALL_BATCH) {                                                                    \
+                matrix_vector_##suffix(B, J, I, a, a_rows, x, y, part, parts);                         \
+            } else {                                                                                   \
+                const int64_t j0 = part_start(J, part, parts), j1 = part_start(J, part + 1, parts);    \
+                gemm_product_##suffix(gemm, B, j1 - j0, I, a + j0 * (a_rows ? I : 1), lda, a_rows, x, y + j0, J); \
+            }                                                                                          \
             _Pragma("omp barrier") /* all of y is */                                                   \
             return;                                                                                    \
         }                                                                                              \
@@ -159,11 +181,8 @@ double tanh(double) __attribute__((simd("notinbranch")));
             matrix_vector_##suffix(1, J, I, a, a_rows, x_rows, y_rows, 0, 1);                          \
         } else if (n <= SMALL_BATCH) {                                                                 \
             matrix_vector_##suffix(n, J, I, a, a_rows, x_rows, y_rows, 0, 1);                          \
-        } else { /* y^T (J, n) += A x^T: gemm reads a row-major A as A^T ('T'), a row-major A^T as A */ \
-            const char transa = a_rows ? 'T' : 'N', transb = 'N';                                      \
-            const int m = J, rows = n, k = I, lda = a_rows ? I : J, ldb = I, ldc = J;                  \
-            const scalar one = 1;                                                                      \
-            gemm(&transa, &transb, &m, &rows, &k, &one, a, &lda, x_rows, &ldb, &one, y_rows, &ldc);    \
+        } else {                                                                                       \
+            gemm_product_##suffix(gemm, n, J, I, a, lda, a_rows, x_rows, y_rows, J);                   \
         }                                                                                              \
     }                                                                                                  \
                                                                                                        \
@@ -202,22 +221,28 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * threads and back at every step.) At B=32, H=64 the gemm of a step on 16 rows took 6.2 us on one
  * thread, against 11.6 us for all 32 rows on two.
  *
- * Where the rows are few (B <= SMALL_BATCH) and the weight large (G K >= SPLIT_PRODUCT elements;
- * both from longshort.native), the threads also split each step's recurrent product instead of
- * each doing its own rows' (`parts`, the number of threads; 1 where they do not): each computes a
- * part of it for all rows (matrix_vector, matrix_vector.h), between two barriers, and the gate
- * math of its own rows, [b0, b1) as above, between the products. A product of a few rows streams
- * the weight from cache, and two threads each streaming half of it take about 0.6x the time; a
- * batch of one could not use the second thread otherwise. */
+ * Where the weight is large (G K >= SPLIT_PRODUCT elements) and the rows are few (B <=
+ * SMALL_BATCH), or more than SMALL_BATCH a thread up to SPLIT_BATCH (all from longshort.native),
+ * the threads also split each step's recurrent product instead of each doing its own rows'
+ * (`parts`, the number of threads; 1 where they do not): each computes a part of it for all rows
+ * (matrix_vector, matrix_vector.h, up to SMALL_BATCH rows; gemm on a block of the outputs beyond),
+ * between two barriers, and the gate math of its own rows, [b0, b1) as above, between the
+ * products. A product of a few rows streams the weight from cache, and two threads each streaming
+ * half of it take about 0.6x the time; a batch of one could not use the second thread otherwise.
+ * From B=8 to 32 a thread's gemm on its own rows streams the whole weight too, and splitting took
+ * a training step 0.78-0.94x the time (native.SPLIT_BATCH has the figures). */
 /* Calls `rows` (a call naming b0, b1 and parts) for the rows [b0, b1) of a batch of B on each of
  * `threads` threads, whose products have G K = `product` weights: on the caller alone, with no
  * parallel region, where threads is 1 (inside one, even of one thread, MKL's gemm would start
  * threads of its own at every call). */
+static inline int splits_products(int64_t B, int64_t team, int64_t product) {
+    return product >= SPLIT_PRODUCT && (B <= SMALL_BATCH || (B > SMALL_BATCH * team && B <= SPLIT_BATCH));
+}
 #define SHARE_OUT(threads, B, product, rows)                                                           \
     if ((threads) > 1) {                                                                               \
         _Pragma("omp parallel num_threads(threads)") {                                                 \
             const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();                 \
-            const int64_t parts = (B) <= SMALL_BATCH && (product) >= SPLIT_PRODUCT ? team : 1;         \
+            const int64_t parts = splits_products(B, team, product) ? team : 1;                        \
             const int64_t b0 = (B) * thread / team, b1 = (B) * (thread + 1) / team;                    \
             rows;                                                                                      \
         }                                                                                              \
