@@ -86,23 +86,37 @@ def test_auto_prefers_vendor_and_says_why_it_falls_back():
 def test_last_dispatch_records_the_path_of_the_last_call():
     layer = ls.LSTM(4, 3)
     x = torch.randn(3, 5, 3)
+    with torch.no_grad():
+        layer(x)
+        assert layer.last_dispatch.implementation == "vendor"
+        layer(x, lengths=torch.tensor([5, 2, 4]))
+        assert layer.last_dispatch.implementation == "fused"
+        layer(x[:2])  # up to FUSED_FIRST_BATCH rows the fused kernel comes first
+        assert layer.last_dispatch == ls.dispatch.Dispatch("fused", {})
+        layer(x)
+        assert layer.last_dispatch.implementation == "vendor"
+    layer(x)  # autograd records the call (the weights require grad): the fused kernel comes first
+    assert layer.last_dispatch == ls.dispatch.Dispatch("fused", {})
+    layer.requires_grad_(False)
     layer(x)
     assert layer.last_dispatch.implementation == "vendor"
-    layer(x, lengths=torch.tensor([5, 2, 4]))
+    layer(x.requires_grad_())  # the gradient of the input alone is asked for
     assert layer.last_dispatch.implementation == "fused"
-    layer(x[:2])  # up to FUSED_FIRST_BATCH rows the fused kernel comes first
-    assert layer.last_dispatch == ls.dispatch.Dispatch("fused", {})
 
 
-@pytest.mark.parametrize("batch, path", [(None, "vendor"), (1, "fused"), (2, "fused"), (3, "vendor"), (64, "vendor")])
-def test_auto_tries_the_fused_lstm_first_at_batches_of_one_and_two(batch, path):
-    """Where a step is a matrix-vector product, the fused kernel's loops in C beat oneDNN's (the
-    measurements beside FUSED_FIRST_BATCH); the order the cell prefers is kept for the rest."""
+@pytest.mark.parametrize("batch, backward, path", [
+    (None, False, "vendor"), (1, False, "fused"), (2, False, "fused"), (3, False, "vendor"), (64, False, "vendor"),
+    (None, True, "fused"), (3, True, "fused"), (64, True, "fused"),
+])
+def test_auto_tries_the_fused_lstm_first_in_training_and_at_batches_of_one_and_two(batch, backward, path):
+    """Where a backward can follow, the fused training step beats oneDNN's, and where a step is a
+    matrix-vector product the fused kernel's forward does too (the measurements beside
+    FUSED_FIRST_BATCH); elsewhere the order the cell prefers is kept."""
     assert ls.dispatch.FUSED_FIRST_BATCH == 2
-    assert ls.LSTM(4).dispatch(batch=batch) == ls.dispatch.Dispatch(path, {})
-    assert ls.GRU(4).dispatch(batch=batch).implementation == "fused"  # fused first at every batch
-    assert ls.LSTM(4, recurrent_activation="hard_sigmoid").dispatch(batch=batch).implementation == "loop"  # neither can run it
-    assert ls.LSTM(4, implementation="vendor").dispatch(batch=batch).implementation == "vendor"  # a named path is taken as named
+    assert ls.LSTM(4).dispatch(batch=batch, backward=backward) == ls.dispatch.Dispatch(path, {})
+    assert ls.GRU(4).dispatch(batch=batch, backward=backward).implementation == "fused"  # fused first at every batch
+    assert ls.LSTM(4, recurrent_activation="hard_sigmoid").dispatch(batch=batch, backward=backward).implementation == "loop"  # neither can run it
+    assert ls.LSTM(4, implementation="vendor").dispatch(batch=batch, backward=backward).implementation == "vendor"  # a named path is taken as named
 
 
 def test_asking_for_a_path_that_cannot_run_raises():
@@ -164,22 +178,26 @@ def test_a_remembered_decision_follows_every_change_of_the_cell():
     attribute assignment: an option set by hand, train / eval, or a layer's own `implementation`."""
     layer = ls.LSTM(4, 3)
     x = torch.randn(3, 5, 3)
-    layer(x)  # (keeps a zero bias for torch's kernel: a cache, not a change)
-    first = layer.last_dispatch
-    layer(x)
-    assert layer.last_dispatch is first and first.implementation == "vendor"
-    layer.cell.recurrent_dropout = 0.3
-    layer(x)
-    assert layer.last_dispatch.implementation == "fused"
-    layer.eval()(x)
-    assert layer.last_dispatch.implementation == "vendor"
-    layer.train()
-    layer.cell.activation = torch.relu
-    layer(x)
-    assert layer.last_dispatch.implementation == "loop"
-    layer.implementation = "fused"
-    with pytest.raises(ValueError, match="compute only tanh"):
+    torch.set_grad_enabled(False)  # calls autograd does not record: "auto" tries the vendor kernel first
+    try:
+        layer(x)  # (keeps a zero bias for torch's kernel: a cache, not a change)
+        first = layer.last_dispatch
         layer(x)
+        assert layer.last_dispatch is first and first.implementation == "vendor"
+        layer.cell.recurrent_dropout = 0.3
+        layer(x)
+        assert layer.last_dispatch.implementation == "fused"
+        layer.eval()(x)
+        assert layer.last_dispatch.implementation == "vendor"
+        layer.train()
+        layer.cell.activation = torch.relu
+        layer(x)
+        assert layer.last_dispatch.implementation == "loop"
+        layer.implementation = "fused"
+        with pytest.raises(ValueError, match="compute only tanh"):
+            layer(x)
+    finally:
+        torch.set_grad_enabled(True)
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "SimpleRNN tanh"])

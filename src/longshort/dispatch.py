@@ -21,12 +21,13 @@ overrides their `recur`, whose math the kernels would not follow.
 `implementation="auto"` takes the first path that can run the call, in the order the cell
 prefers (`cell.preference`, by default vendor, fused, loop: the LSTM's; GRU and SimpleRNN put
 fused first, because torch's CPU kernels for them are an autograd loop in C++, slower than the
-fused ones in training and no faster in inference: see benchmarks/RESULTS.md), except that a
-call of up to FUSED_FIRST_BATCH rows tries the fused kernel first: a step there is a
-matrix-vector product, which the fused loops in C do faster than oneDNN's call a step;
-naming one asks for it and raises if it cannot. `layer.dispatch(masked=...)` says which
-path a call would take and why each other path was refused; `layer.last_dispatch` is the
-decision of the last call.
+fused ones in training and no faster in inference: see benchmarks/RESULTS.md), except that
+the fused kernel comes first in a call autograd records (`backward`: a backward pass can
+follow), where the fused training step is the faster, and in a call of up to
+FUSED_FIRST_BATCH rows, where a step is a matrix-vector product, which the fused loops in C do
+faster than oneDNN's call a step, forward only too. Naming one asks for it and raises if it
+cannot. `layer.dispatch(masked=..., batch=..., backward=...)` says which path a call would take
+and why each other path was refused; `layer.last_dispatch` is the decision of the last call.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ from torch import nn
 
 IMPLEMENTATIONS = ("auto", "vendor", "fused", "compiled", "loop")
 PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries unless the cell says otherwise; "compiled" runs only when named
-# Up to this batch "auto" tries the fused kernel first. The fused LSTM's time / torch.nn.LSTM's
-# (AMD EPYC, T=100, H=64 / 256 / 512, 11 interleaved repeats): training at B=1 0.67 / 0.47 / 0.46,
-# B=2 0.53 / 0.80 / 0.73, B=4 0.59 / 1.01 / 0.82; forward only (no grad) at B=1 0.97 / 0.87 / 0.98,
-# B=2 0.47 / 0.86 / 0.95, B=3 0.57 / 1.01 / 1.19, B=4 0.63 / 1.27 / 1.67.
+# "auto" tries the fused kernel first in a call autograd records, and in a call of up to this
+# batch. The fused LSTM's time / torch.nn.LSTM's (AMD EPYC, T=100, H=64 / 256 / 512, 9 to 11
+# interleaved repeats): training at B=1 0.67 / 0.47 / 0.46, B=2 0.53 / 0.80 / 0.73, B=3 0.68 /
+# 0.86 / 0.67, B=4 0.60 / 0.96 / 0.79, B=8 0.58 / 0.99 / 1.04, B=16 - / 0.98 / 0.93, B=32 0.70 /
+# 0.72 / 0.77, B=128 0.48 / 0.69 / 0.84; forward only (no grad) at B=1 0.97 / 0.87 / 0.98, B=2
+# 0.47 / 0.86 / 0.95, B=3 0.57 / 1.01 / 1.19, B=4 0.63 / 1.27 / 1.67, and at B=32 1.06-1.27.
 FUSED_FIRST_BATCH = 2
 NOT_ASKED = "it runs only when asked for (implementation='compiled'): compiling takes seconds at the first call"
 
@@ -70,22 +73,23 @@ def refusals(cell: nn.Module, masked: bool, compiled_refusal: Optional[str] = NO
     return reasons
 
 
-def preference(cell: nn.Module, batch: Optional[int] = None) -> tuple[str, ...]:
-    """The order "auto" tries the paths in for a call of `batch` rows (None: not known): the
-    cell's, with the fused kernel first up to FUSED_FIRST_BATCH rows."""
+def preference(cell: nn.Module, batch: Optional[int] = None, backward: bool = False) -> tuple[str, ...]:
+    """The order "auto" tries the paths in for a call of `batch` rows (None: not known) that
+    autograd records or not (`backward`): the cell's, with the fused kernel first where a backward
+    can follow or up to FUSED_FIRST_BATCH rows."""
     order = tuple(getattr(cell, "preference", PREFERENCE))
-    if batch is not None and batch <= FUSED_FIRST_BATCH and "fused" in order:
+    if (backward or (batch is not None and batch <= FUSED_FIRST_BATCH)) and "fused" in order:
         order = ("fused", *(path for path in order if path != "fused"))
     return order
 
 
 def choose(implementation: str, cell: nn.Module, masked: bool, who: str, compiled_refusal: Optional[str] = NOT_ASKED,
-           batch: Optional[int] = None) -> Dispatch:
+           batch: Optional[int] = None, backward: bool = False) -> Dispatch:
     """The path for `implementation` ("auto" or one path) in a call of `batch` rows (None: not
-    known), or a ValueError saying why it cannot run."""
+    known) that autograd records or not (`backward`), or a ValueError saying why it cannot run."""
     refused = refusals(cell, masked, compiled_refusal)
     if implementation == "auto":
-        path = next(path for path in preference(cell, batch) if path not in refused)
+        path = next(path for path in preference(cell, batch, backward) if path not in refused)
         if path != "loop":  # the compiled path would only be slower; mention it where it could help
             del refused["compiled"]
         return Dispatch(path, refused)

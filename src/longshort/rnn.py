@@ -208,16 +208,17 @@ class RNN(nn.Module):
             output = outputs[:, -1] if last is None else last  # (B, H)
         return (output, *flatten_state(state)) if self.return_state else output
 
-    def dispatch(self, masked: bool = False, batch: Optional[int] = None) -> Dispatch:
+    def dispatch(self, masked: bool = False, batch: Optional[int] = None, backward: bool = False) -> Dispatch:
         """The path (vendor, fused or loop) a call, with a mask if `masked`, of `batch` rows (None:
-        as a large batch) takes, and why each other path was refused (see `longshort.dispatch`)."""
+        as a large batch), recorded by autograd if `backward`, takes, and why each other path was
+        refused (see `longshort.dispatch`)."""
         compiled_refusal = self._compiled_refusal if self.implementation == "compiled" else NOT_ASKED
         changes = getattr(self.cell, "changes", None)  # the built-in cells count their attribute assignments
-        small = batch is not None and batch <= FUSED_FIRST_BATCH  # all that the batch changes
-        key = (self.implementation, masked, compiled_refusal, changes, small)
+        fused_first = backward or (batch is not None and batch <= FUSED_FIRST_BATCH)  # all that the batch changes
+        key = (self.implementation, masked, compiled_refusal, changes, fused_first)
         decision = self._decisions.get(key)
         if decision is None:  # a new call or a changed cell (train/eval included): decide again (about 15 us a call)
-            decision = choose(self.implementation, self.cell, masked, type(self).__name__, compiled_refusal, batch)
+            decision = choose(self.implementation, self.cell, masked, type(self).__name__, compiled_refusal, batch, backward)
             if changes is not None:
                 if len(self._decisions) > 8:
                     self._decisions.clear()
@@ -229,7 +230,8 @@ class RNN(nn.Module):
         None when not needed), the last output (of the last real step; None when that is simply
         `outputs[:, -1]`, taken only where it is used: a view of the outputs costs a few
         microseconds a call), and the final state."""
-        self.last_dispatch = self.dispatch(masked=mask is not None, batch=x.shape[0])
+        backward = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.cell.parameters()))
+        self.last_dispatch = self.dispatch(masked=mask is not None, batch=x.shape[0], backward=backward)
         path = self.last_dispatch.implementation
         if path == "loop":
             return self.run_loop(x, state, mask)
