@@ -231,13 +231,15 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * half of it take about 0.6x the time; a batch of one could not use the second thread otherwise.
  * From B=8 to 32 a thread's gemm on its own rows streams the whole weight too, and splitting took
  * a training step 0.78-0.94x the time (native.SPLIT_BATCH has the figures). */
+/* Whether `team` threads split the products of a batch of B rows, G K = `product` weights, as
+ * above (native.splits_products is the same rule, for the weight's layout). */
+static inline int splits_products(int64_t B, int64_t team, int64_t product) {
+    return product >= SPLIT_PRODUCT && (B <= SMALL_BATCH || (B > SMALL_BATCH * team && B <= SPLIT_BATCH));
+}
 /* Calls `rows` (a call naming b0, b1 and parts) for the rows [b0, b1) of a batch of B on each of
  * `threads` threads, whose products have G K = `product` weights: on the caller alone, with no
  * parallel region, where threads is 1 (inside one, even of one thread, MKL's gemm would start
  * threads of its own at every call). */
-static inline int splits_products(int64_t B, int64_t team, int64_t product) {
-    return product >= SPLIT_PRODUCT && (B <= SMALL_BATCH || (B > SMALL_BATCH * team && B <= SPLIT_BATCH));
-}
 #define SHARE_OUT(threads, B, product, rows)                                                           \
     if ((threads) > 1) {                                                                               \
         _Pragma("omp parallel num_threads(threads)") {                                                 \
