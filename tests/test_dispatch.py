@@ -111,12 +111,31 @@ def test_last_dispatch_records_the_path_of_the_last_call():
 def test_auto_tries_the_fused_lstm_first_in_training_and_at_batches_of_one_and_two(batch, backward, path):
     """Where a backward can follow, the fused training step beats oneDNN's, and where a step is a
     matrix-vector product the fused kernel's forward does too (the measurements beside
-    FUSED_FIRST_BATCH); elsewhere the order the cell prefers is kept."""
+    FUSED_FIRST_BATCH), both with the fused loops in C; elsewhere the order the cell prefers is kept."""
     assert ls.dispatch.FUSED_FIRST_BATCH == 2
-    assert ls.LSTM(4).dispatch(batch=batch, backward=backward) == ls.dispatch.Dispatch(path, {})
+    in_c = ls.native.loop_kernels(torch.float32) is not None  # where the C file cannot be built: the vendor kernel
+    assert ls.LSTM(4).dispatch(batch=batch, backward=backward) == ls.dispatch.Dispatch(path if in_c else "vendor", {})
     assert ls.GRU(4).dispatch(batch=batch, backward=backward).implementation == "fused"  # fused first at every batch
     assert ls.LSTM(4, recurrent_activation="hard_sigmoid").dispatch(batch=batch, backward=backward).implementation == "loop"  # neither can run it
     assert ls.LSTM(4, implementation="vendor").dispatch(batch=batch, backward=backward).implementation == "vendor"  # a named path is taken as named
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_without_the_fused_loops_in_c_auto_keeps_the_vendor_lstm(monkeypatch, batch):
+    """The fused kernel's lead is its loops in C: with torch ops (LONGSHORT_NATIVE=0, or no
+    compiler) or in bfloat16 (no C loops; and oneDNN's bfloat16 is the faster) the vendor kernel
+    comes first, in training too."""
+    layer = ls.LSTM(4, 3)
+    x = torch.randn(batch, 5, 3)
+    layer(x)
+    expected = "fused" if ls.native.loop_kernels(torch.float32) is not None else "vendor"
+    assert layer.last_dispatch.implementation == expected
+    monkeypatch.setenv("LONGSHORT_NATIVE", "0")
+    layer(x)
+    assert layer.last_dispatch.implementation == "vendor"
+    monkeypatch.delenv("LONGSHORT_NATIVE")
+    layer.to(torch.bfloat16)(x.bfloat16())
+    assert layer.last_dispatch.implementation == "vendor"
 
 
 def test_asking_for_a_path_that_cannot_run_raises():

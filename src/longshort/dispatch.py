@@ -22,11 +22,12 @@ overrides their `recur`, whose math the kernels would not follow.
 prefers (`cell.preference`, by default vendor, fused, loop: the LSTM's; GRU and SimpleRNN put
 fused first, because torch's CPU kernels for them are an autograd loop in C++, slower than the
 fused ones in training and no faster in inference: see benchmarks/RESULTS.md), except that
-the fused kernel comes first in a call autograd records (`backward`: a backward pass can
+the fused kernel comes first (`fused_first`) in a call autograd records (a backward pass can
 follow), where the fused training step is the faster, and in a call of up to
 FUSED_FIRST_BATCH rows, where a step is a matrix-vector product, which the fused loops in C do
-faster than oneDNN's call a step, forward only too. Naming one asks for it and raises if it
-cannot. `layer.dispatch(masked=..., batch=..., backward=...)` says which path a call would take
+faster than oneDNN's call a step, forward only too; both where its loops run in C (float32 or
+float64 on CPU, `longshort.native` built): with torch ops, or in bfloat16, oneDNN is the
+faster. Naming one asks for it and raises if it cannot. `layer.dispatch(masked=..., batch=..., backward=...)` says which path a call would take
 and why each other path was refused; `layer.last_dispatch` is the decision of the last call.
 """
 
@@ -73,23 +74,21 @@ def refusals(cell: nn.Module, masked: bool, compiled_refusal: Optional[str] = NO
     return reasons
 
 
-def preference(cell: nn.Module, batch: Optional[int] = None, backward: bool = False) -> tuple[str, ...]:
-    """The order "auto" tries the paths in for a call of `batch` rows (None: not known) that
-    autograd records or not (`backward`): the cell's, with the fused kernel first where a backward
-    can follow or up to FUSED_FIRST_BATCH rows."""
+def preference(cell: nn.Module, fused_first: bool = False) -> tuple[str, ...]:
+    """The order "auto" tries the paths in: the cell's, with the fused kernel first if `fused_first`."""
     order = tuple(getattr(cell, "preference", PREFERENCE))
-    if (backward or (batch is not None and batch <= FUSED_FIRST_BATCH)) and "fused" in order:
+    if fused_first and "fused" in order:
         order = ("fused", *(path for path in order if path != "fused"))
     return order
 
 
 def choose(implementation: str, cell: nn.Module, masked: bool, who: str, compiled_refusal: Optional[str] = NOT_ASKED,
-           batch: Optional[int] = None, backward: bool = False) -> Dispatch:
-    """The path for `implementation` ("auto" or one path) in a call of `batch` rows (None: not
-    known) that autograd records or not (`backward`), or a ValueError saying why it cannot run."""
+           fused_first: bool = False) -> Dispatch:
+    """The path for `implementation` ("auto" or one path), the fused kernel tried first by "auto"
+    if `fused_first`, or a ValueError saying why it cannot run."""
     refused = refusals(cell, masked, compiled_refusal)
     if implementation == "auto":
-        path = next(path for path in preference(cell, batch, backward) if path not in refused)
+        path = next(path for path in preference(cell, fused_first) if path not in refused)
         if path != "loop":  # the compiled path would only be slower; mention it where it could help
             del refused["compiled"]
         return Dispatch(path, refused)

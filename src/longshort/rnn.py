@@ -19,6 +19,7 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 from longshort._validate import check_flag, check_sequence, resolve_mask
 from longshort.dispatch import FUSED_FIRST_BATCH, NOT_ASKED, Dispatch, check_implementation, choose
+from longshort.native import runs_in_c
 
 if TYPE_CHECKING:
     from longshort.compiled import CompiledLoop
@@ -142,6 +143,7 @@ class RNN(nn.Module):
         self.state: Optional[State] = None  # the carried state when stateful
         self.implementation = check_implementation(implementation)
         self.last_dispatch: Optional[Dispatch] = None
+        self._loops_in_c = False  # `_fused_loops_in_c`'s last answer outside torch.compile
         self._compiled_loop: Optional[CompiledLoop] = None  # made at the first compiled call
         self._compiled_refusal: Optional[str] = None  # why the compiled path refused this cell, once it has
         self._decisions: dict[tuple, Dispatch] = {}  # dispatch's, for a cell that counts its changes
@@ -214,16 +216,27 @@ class RNN(nn.Module):
         refused (see `longshort.dispatch`)."""
         compiled_refusal = self._compiled_refusal if self.implementation == "compiled" else NOT_ASKED
         changes = getattr(self.cell, "changes", None)  # the built-in cells count their attribute assignments
-        fused_first = backward or (batch is not None and batch <= FUSED_FIRST_BATCH)  # all that the batch changes
+        fused_first = (backward or (batch is not None and batch <= FUSED_FIRST_BATCH)) and self._fused_loops_in_c()
         key = (self.implementation, masked, compiled_refusal, changes, fused_first)
         decision = self._decisions.get(key)
         if decision is None:  # a new call or a changed cell (train/eval included): decide again (about 15 us a call)
-            decision = choose(self.implementation, self.cell, masked, type(self).__name__, compiled_refusal, batch, backward)
+            decision = choose(self.implementation, self.cell, masked, type(self).__name__, compiled_refusal, fused_first)
             if changes is not None:
                 if len(self._decisions) > 8:
                     self._decisions.clear()
                 self._decisions[key] = decision
         return decision
+
+    def _fused_loops_in_c(self) -> bool:
+        """Whether the fused kernels' loops would run in C for the cell's parameters (float32 or
+        float64 on CPU, `longshort.native` built), which is what their lead over oneDNN in training
+        and at small batches is measured with. Under torch.compile, which cannot trace the question
+        (ctypes), the answer of the last call outside it (before any: no, the order the cell prefers)."""
+        if torch.compiler.is_compiling():
+            return self._loops_in_c
+        parameter = next(self.cell.parameters(), None)
+        self._loops_in_c = parameter is not None and runs_in_c(parameter.dtype, parameter.device.type)
+        return self._loops_in_c
 
     def run(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
         """Run the sequence by the path `dispatch` picks. Returns every output (B, T, ...) (or
