@@ -216,7 +216,8 @@ class RNN(nn.Module):
         refused (see `longshort.dispatch`)."""
         compiled_refusal = self._compiled_refusal if self.implementation == "compiled" else NOT_ASKED
         changes = getattr(self.cell, "changes", None)  # the built-in cells count their attribute assignments
-        fused_first = (backward or (batch is not None and batch <= FUSED_FIRST_BATCH)) and self._fused_loops_in_c()
+        fused_first = (self.implementation == "auto" and (backward or (batch is not None and batch <= FUSED_FIRST_BATCH))
+                       and self._fused_loops_in_c())  # what "auto" tries first (`longshort.dispatch`)
         key = (self.implementation, masked, compiled_refusal, changes, fused_first)
         decision = self._decisions.get(key)
         if decision is None:  # a new call or a changed cell (train/eval included): decide again (about 15 us a call)
