@@ -27,8 +27,9 @@ follow), where the fused training step is the faster, and in a call of up to
 FUSED_FIRST_BATCH rows, where a step is a matrix-vector product, which the fused loops in C do
 faster than oneDNN's call a step, forward only too; both where its loops run in C (float32 or
 float64 on CPU, `longshort.native` built): with torch ops, or in bfloat16, oneDNN is the
-faster. Naming one asks for it and raises if it cannot. `layer.dispatch(masked=..., batch=..., backward=...)` says which path a call would take
-and why each other path was refused; `layer.last_dispatch` is the decision of the last call.
+faster. Naming one asks for it and raises if it cannot. `layer.dispatch(masked=..., batch=...,
+backward=...)` says which path a call would take and why each other path was refused;
+`layer.last_dispatch` is the decision of the last call.
 """
 
 from __future__ import annotations
