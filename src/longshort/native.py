@@ -259,11 +259,6 @@ def forward_weight(weight: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]
     return weight_layout(weight.T.contiguous().T)
 
 
-def runs_in_c(dtype: torch.dtype, device_type: str) -> bool:
-    """Whether the fused kernels' loops run in C for tensors of `dtype` on `device_type`."""
-    return device_type == "cpu" and loop_kernels(dtype) is not None
-
-
 def loops_for(x: torch.Tensor) -> Optional[LoopKernels]:
     """The C loops for a kernel working on tensors like x: its dtype's, on CPU; None elsewhere."""
     return loop_kernels(x.dtype) if x.device.type == "cpu" else None

@@ -19,7 +19,7 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 from longshort._validate import check_flag, check_sequence, resolve_mask
 from longshort.dispatch import FUSED_FIRST_BATCH, NOT_ASKED, Dispatch, check_implementation, choose
-from longshort.native import runs_in_c
+from longshort.native import loops_for
 
 if TYPE_CHECKING:
     from longshort.compiled import CompiledLoop
@@ -236,7 +236,7 @@ class RNN(nn.Module):
         if torch.compiler.is_compiling():
             return self._loops_in_c
         parameter = next(self.cell.parameters(), None)
-        self._loops_in_c = parameter is not None and runs_in_c(parameter.dtype, parameter.device.type)
+        self._loops_in_c = parameter is not None and loops_for(parameter) is not None
         return self._loops_in_c
 
     def run(self, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
@@ -244,7 +244,8 @@ class RNN(nn.Module):
         None when not needed), the last output (of the last real step; None when that is simply
         `outputs[:, -1]`, taken only where it is used: a view of the outputs costs a few
         microseconds a call), and the final state."""
-        backward = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.cell.parameters()))
+        backward = self.implementation == "auto" and torch.is_grad_enabled() and (  # only "auto" reads it
+            x.requires_grad or any(p.requires_grad for p in self.cell.parameters()))
         self.last_dispatch = self.dispatch(masked=mask is not None, batch=x.shape[0], backward=backward)
         path = self.last_dispatch.implementation
         if path == "loop":
