@@ -13,8 +13,9 @@ outputs) of:
                              by default RNN(LSTMCell) dispatches exactly as ls.LSTM does)
     custom cell              a user-written LSTM cell through ls.RNN (see `UserLSTMCell`)
     custom cell (compiled)   the same cell with ls.RNN(..., implementation="compiled")
-    projected cell (compiled)  a user cell that declares `project_input` / `recur` (see
-                             `ProjectedLSTMCell`), compiled: the input matmul leaves the loop
+    projected cell (compiled)  a user cell that declares `project_input` / `recur` and
+                             `time_major_input` (see `ProjectedLSTMCell`), compiled: the input
+                             matmul leaves the loop
     nn.LSTMCell loop         the naive Python loop over torch's own cell
 
 and, in a second process, the same LSTM in JAX with `lax.scan` (benchmarks/jax_lstm.py;
@@ -97,10 +98,14 @@ class UserLSTMCell(nn.Module):
 
 
 class ProjectedLSTMCell(UserLSTMCell):
-    """The same cell, declaring the cell protocol's input projection: `recur(project_input(x_t), state)`."""
+    """The same cell, declaring the cell protocol's input projection: `recur(project_input(x_t), state)`,
+    and the projection of a whole sequence time-major (`time_major_input`)."""
 
     def project_input(self, x: Tensor) -> Tensor:
         return self.input_layer(x)  # (B, T, 4H) for a whole sequence
+
+    def time_major_input(self, x: Tensor) -> Tensor:
+        return self.input_layer(x.transpose(0, 1))  # (T, B, 4H), as the compiled path loops over it
 
     def recur(self, p_t: Tensor, state: ls.LSTMState) -> tuple[Tensor, ls.LSTMState]:
         h_prev, c_prev = state

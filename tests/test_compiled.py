@@ -44,6 +44,18 @@ class ProjectedLSTMCell(nn.Module):
         return self.recur(self.project_input(x_t), state)
 
 
+class TimeMajorLSTMCell(ProjectedLSTMCell):
+    """The same cell, also declaring the projection of a whole sequence time-major (`time_major_input`)."""
+
+    def __init__(self, units: int, input_size: int) -> None:
+        super().__init__(units, input_size)
+        self.time_major_calls = 0
+
+    def time_major_input(self, x):
+        self.time_major_calls += 1
+        return self.input_layer(x.transpose(0, 1))  # (T, B, 4H)
+
+
 class MinimalRNNCell(nn.Module):
     """The README's minimal cell: only `forward`, a tensor state, an output that is not the state."""
 
@@ -235,6 +247,42 @@ def test_a_second_layer_of_the_same_cell_loads_its_compiled_graphs_from_inductor
     second = ls.RNN(copy.deepcopy(first.cell), implementation="compiled", return_sequences=True)
     second(x).sum().backward()
     assert counters["inductor"]["fxgraph_cache_hit"] >= hits + 3  # the step's forward and backward, the all-steps pass
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mid_batches_split_their_large_matmuls_between_the_threads(threads):
+    """From MATRIX_VECTOR_ROWS + 1 rows up to STEP_SPLIT_ROWS (16, csrc/step_loops.c), a matmul of at
+    least STEP_SPLIT_PRODUCT weights is split between two threads, each a gemm on a block of its
+    outputs for all rows: forward h W_hh^T's 524 outputs at 256 (part_start rounds down to 16), the
+    backward's dz W_hh's 131 at 64, so both ways gemm reads b (transposed forward, as stored
+    backward). On one thread it is one gemm; both give what the readable loop gives."""
+    torch.manual_seed(7)
+    x = torch.randn(compiled_path.MATRIX_VECTOR_ROWS + 3, 4, 3, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        in_c = ls.RNN(ProjectedLSTMCell(131, 3), implementation="compiled", return_sequences=True).double()
+        got = outputs_and_grads_of(in_c, x)
+    finally:
+        torch.set_num_threads(before)
+    assert small_matmuls(in_c) == [(7, 524, 131), (7, 131, 524)]
+    loop = ls.RNN(copy.deepcopy(in_c.cell), implementation="loop", return_sequences=True)
+    for ours, theirs in zip(got, outputs_and_grads_of(loop, x)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_a_cell_with_time_major_input_hands_the_compiled_path_its_projection_time_major():
+    """`time_major_input` (the cell protocol's optional method) gives the compiled path the projection
+    as it loops over it, (T, B, G); the result is the readable loop's, which projects (B, T, F)."""
+    torch.manual_seed(8)
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    layer = ls.RNN(TimeMajorLSTMCell(4, 3), implementation="compiled", return_sequences=True).double()
+    got = outputs_and_grads_of(layer, x)
+    assert layer.cell.time_major_calls == 1
+    loop = ls.RNN(copy.deepcopy(layer.cell), implementation="loop", return_sequences=True)
+    for ours, theirs in zip(got, outputs_and_grads_of(loop, x)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert loop.cell.time_major_calls == 1  # the copy's count: the loop projects with project_input
 
 
 @pytest.mark.parametrize("cell, batch, reason", [

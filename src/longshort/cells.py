@@ -20,6 +20,10 @@ and, optionally,
     project_input(x) / recur(p_t, s)  a cell whose step is `recur(project_input(x_t), s)`
                                       lets `RNN` project the whole sequence (B, T, F) in
                                       one matmul before the loop
+    time_major_input(x)               with them: `project_input(x)` of a whole sequence,
+                                      time-major (T, B, G), as the compiled path and the
+                                      fused kernels take it; without it the compiled path
+                                      transposes the projection (G wide) itself
     vendor_refusal(masked) / run_vendor(x, state)
     fused_refusal(masked) / run_fused(x, state, mask)
                                       whole-sequence kernels `RNN` dispatches to (see

@@ -135,6 +135,16 @@ def hoists_input(cell: nn.Module) -> bool:
     return callable(getattr(cell, "project_input", None)) and callable(getattr(cell, "recur", None))
 
 
+def time_major_projection(cell: nn.Module, x: Tensor) -> Tensor:
+    """`cell.project_input` of every step of x (B, T, F) as (T, B, G), contiguous: the cell's own
+    `time_major_input` where it has one (the protocol's optional method: x transposed, F wide, before
+    the matmul), else the projection transposed after it (G wide, and its gradient back: at B=32,
+    H=64 about 1 ms of a 13 ms training step of a custom LSTM cell)."""
+    if callable(getattr(cell, "time_major_input", None)):
+        return cell.time_major_input(x).contiguous()
+    return cell.project_input(x).transpose(0, 1).contiguous()
+
+
 def _rebuild(template, leaves: Sequence[Tensor]):
     """A state with the structure of `template` and the given leaves, in `flatten_state` order."""
     remaining = iter(leaves)
@@ -200,8 +210,8 @@ class CompiledLoop:
         """x (B, T, F), the initial state and the step mask (B, T) -> all outputs (B, T, ...), the last real one
         (None without a mask: the outputs' last step, as `RNN.run` reads it), the final state."""
         split = None if self.hoisted else self._split(x, state)
-        if self.hoisted:  # the cell's own project_input, which takes (B, T, F)
-            inputs = self.cell.project_input(x).transpose(0, 1).contiguous()  # (T, B, G): step t reads a contiguous inputs[t]
+        if self.hoisted:  # the cell's own projection
+            inputs = time_major_projection(self.cell, x)  # (T, B, G): step t reads a contiguous inputs[t]
         elif split is not None:
             inputs = split.project_input_time_major(x)  # (T, B, G), as contiguous, without transposing it
         else:

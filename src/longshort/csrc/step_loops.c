@@ -24,7 +24,12 @@
  * matrix-vector products instead (matrix_vector.h; a large one split between the threads):
  * a gemm call costs more than the arithmetic there. `longshort.compiled` then keeps the step's small matmuls as matmuls,
  * instead of tracing them as a multiply and a sum, which Inductor compiles into one dot product
- * per output with a single accumulator, waiting on its adds.
+ * per output with a single accumulator, waiting on its adds. From there up to STEP_SPLIT_ROWS
+ * rows, a large product (N K >= STEP_SPLIT_PRODUCT) is split between the threads too, each a gemm
+ * on a block of the outputs for all rows, as rnn_loops.c does: called from one thread, MKL's gemm
+ * splits it itself, slower. A custom LSTM cell's training step, side by side: 0.90-0.95x the time
+ * at B=5-8, H=128, 0.89-0.96x at B=8-16, H=256, 0.91x at B=12, H=512; no faster at B=16, H=128 or
+ * at B=32, where it came out 0.93-1.07x.
  *
  * Masks (mask (T, B) bytes, NULL for none): at a padding row the state is carried over, and
  * in the backward its cotangent passes back unchanged, the step's own share zeroed.
@@ -39,9 +44,9 @@
 #include "matrix_vector.h"
 
 /* SMALL_ROWS: longshort.compiled.MATRIX_VECTOR_ROWS; STEP_SPLIT_PRODUCT: from N K of this many on,
- * a product is split between the threads (a 128-unit LSTM's 512 x 128 is; a 64-unit one's, split,
- * trained a custom cell 4-12% slower than on one thread at B=1 and 4). */
-enum { KERNEL = 0, GEMM = 1, MAX_ARGUMENTS = 32, SMALL_ROWS = 4, STEP_SPLIT_PRODUCT = 1 << 16 };
+ * up to STEP_SPLIT_ROWS rows, a product is split between the threads (a 128-unit LSTM's 512 x 128
+ * is; a 64-unit one's, split, trained a custom cell 4-12% slower than on one thread at B=1 and 4). */
+enum { KERNEL = 0, GEMM = 1, MAX_ARGUMENTS = 32, SMALL_ROWS = 4, STEP_SPLIT_ROWS = 16, STEP_SPLIT_PRODUCT = 1 << 16 };
 
 GEMM_FUNCTION(float, sgemm_function);
 GEMM_FUNCTION(double, dgemm_function);
@@ -70,6 +75,14 @@ static double as_double(int64_t bits) {
             matrix_vector_##scalar(M, N, K, b, transposed, a, c, 0, 1);                                \
         }                                                                                              \
     }                                                                                                  \
+    /* The columns [j0, j1) of c (M, N) = alpha a b + scale_c c: of out^T, the rows j0.. of b^T. */    \
+    static void gemm_columns_##scalar(void* gemm, int j0, int j1, int M, int K, scalar alpha, const scalar* a, \
+                                      char op_a, int lda, const scalar* b, char op_b, int ldb, scalar scale_c, \
+                                      scalar* c, int ldc) {                                            \
+        const int n = j1 - j0;                                                                         \
+        const scalar* b_columns = b + (op_b == 'N' ? (int64_t)j0 : (int64_t)j0 * ldb);                 \
+        ((gemm_type)gemm)(&op_b, &op_a, &n, &M, &K, &alpha, b_columns, &ldb, a, &lda, &scale_c, c + j0, &ldc); \
+    }                                                                                                  \
     static void matmul_##scalar(void* gemm, int M, int N, int K, scalar alpha, const scalar* a, char op_a, \
                                 int lda, const scalar* b, char op_b, int ldb, scalar beta, scalar* c, int ldc, \
                                 const scalar* bias, int64_t bias_row, int64_t bias_column) {           \
@@ -84,7 +97,16 @@ static double as_double(int64_t bits) {
             for (int i = 0; i < M; i++)                                                                \
                 for (int j = 0; j < N; j++) c[i * ldc + j] = bias[i * bias_row + j * bias_column];     \
         const scalar scale_c = bias ? beta : (scalar)0;                                                \
-        ((gemm_type)gemm)(&op_b, &op_a, &N, &M, &K, &alpha, b, &ldb, a, &lda, &scale_c, c, &ldc);      \
+        if (M <= STEP_SPLIT_ROWS && (int64_t)N * K >= STEP_SPLIT_PRODUCT && omp_get_max_threads() > 1) { \
+            _Pragma("omp parallel") /* each thread the outputs [j0, j1) of every row */                \
+            {                                                                                          \
+                const int part = omp_get_thread_num(), parts = omp_get_num_threads();                  \
+                gemm_columns_##scalar(gemm, part_start(N, part, parts), part_start(N, part + 1, parts), M, K, alpha, \
+                                      a, op_a, lda, b, op_b, ldb, scale_c, c, ldc);                    \
+            }                                                                                          \
+        } else {                                                                                       \
+            gemm_columns_##scalar(gemm, 0, N, M, K, alpha, a, op_a, lda, b, op_b, ldb, scale_c, c, ldc); \
+        }                                                                                              \
     }
 MATMUL(float, sgemm_function)
 MATMUL(double, dgemm_function)
