@@ -187,6 +187,24 @@ def small_matmuls(layer: ls.RNN) -> list[tuple[int, int, int]]:
             for recording in (loops.forward_recording, loops.backward_recording) for call in recording.calls if isinstance(call, Gemm)]
 
 
+def outputs_and_grads_of_on_threads(layer: ls.RNN, x: torch.Tensor, threads: int) -> list[torch.Tensor]:
+    """`outputs_and_grads_of` with torch (and the loops in C) on `threads` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return outputs_and_grads_of(layer, x)
+    finally:
+        torch.set_num_threads(before)
+
+
+def assert_the_loop_gives(got: list[torch.Tensor], layer: ls.RNN, x: torch.Tensor) -> ls.RNN:
+    """What the readable loop over a copy of `layer`'s cell gives equals `got` (float64); that loop."""
+    loop = ls.RNN(copy.deepcopy(layer.cell), implementation="loop", return_sequences=True)
+    for ours, theirs in zip(got, outputs_and_grads_of(loop, x)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    return loop
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_small_batches_keep_their_matmuls_for_the_matrix_vector_products_in_c(batch, threads, monkeypatch):
@@ -197,18 +215,11 @@ def test_small_batches_keep_their_matmuls_for_the_matrix_vector_products_in_c(ba
     them traced as reductions instead, as before."""
     torch.manual_seed(5)
     x = torch.randn(batch, 4, 3, dtype=torch.float64)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        in_c = ls.RNN(ProjectedLSTMCell(131, 3), implementation="compiled", return_sequences=True).double()
-        got = outputs_and_grads_of(in_c, x)
-    finally:
-        torch.set_num_threads(before)
+    in_c = ls.RNN(ProjectedLSTMCell(131, 3), implementation="compiled", return_sequences=True).double()
+    got = outputs_and_grads_of_on_threads(in_c, x, threads)  # compiled, and run, on `threads` threads
     assert [step.reductions for step in in_c._compiled_loop.steps.values()] == [False]
     assert small_matmuls(in_c) == [(batch, 524, 131), (batch, 131, 524)]  # h W_hh^T forward, dz W_hh backward
-    loop = ls.RNN(copy.deepcopy(in_c.cell), implementation="loop", return_sequences=True)
-    for ours, theirs in zip(got, outputs_and_grads_of(loop, x)):
-        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert_the_loop_gives(got, in_c, x)
     monkeypatch.setattr(compiled_path, "STEP_LOOPS_IN_C", False)
     in_python = ls.RNN(copy.deepcopy(in_c.cell), implementation="compiled", return_sequences=True)
     outputs_and_grads_of(in_python, x)
@@ -258,17 +269,10 @@ def test_mid_batches_split_their_large_matmuls_between_the_threads(threads):
     backward). On one thread it is one gemm; both give what the readable loop gives."""
     torch.manual_seed(7)
     x = torch.randn(compiled_path.MATRIX_VECTOR_ROWS + 3, 4, 3, dtype=torch.float64)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        in_c = ls.RNN(ProjectedLSTMCell(131, 3), implementation="compiled", return_sequences=True).double()
-        got = outputs_and_grads_of(in_c, x)
-    finally:
-        torch.set_num_threads(before)
+    in_c = ls.RNN(ProjectedLSTMCell(131, 3), implementation="compiled", return_sequences=True).double()
+    got = outputs_and_grads_of_on_threads(in_c, x, threads)  # compiled, and run, on `threads` threads
     assert small_matmuls(in_c) == [(7, 524, 131), (7, 131, 524)]
-    loop = ls.RNN(copy.deepcopy(in_c.cell), implementation="loop", return_sequences=True)
-    for ours, theirs in zip(got, outputs_and_grads_of(loop, x)):
-        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert_the_loop_gives(got, in_c, x)
 
 
 def test_a_cell_with_time_major_input_hands_the_compiled_path_its_projection_time_major():
@@ -279,9 +283,7 @@ def test_a_cell_with_time_major_input_hands_the_compiled_path_its_projection_tim
     layer = ls.RNN(TimeMajorLSTMCell(4, 3), implementation="compiled", return_sequences=True).double()
     got = outputs_and_grads_of(layer, x)
     assert layer.cell.time_major_calls == 1
-    loop = ls.RNN(copy.deepcopy(layer.cell), implementation="loop", return_sequences=True)
-    for ours, theirs in zip(got, outputs_and_grads_of(loop, x)):
-        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    loop = assert_the_loop_gives(got, layer, x)
     assert loop.cell.time_major_calls == 1  # the copy's count: the loop projects with project_input
 
 
