@@ -165,10 +165,14 @@ def test_the_forward_loop_gets_the_weight_laid_out_for_its_products(monkeypatch,
 @pytest.mark.parametrize("batch", [1, 2, 8])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("kernel", ["lstm", "gru", "rnn_relu"])
-def test_gradcheck_at_batches_of_one_two_and_eight(batch, masked, kernel):
+@pytest.mark.parametrize("split", [False, True], ids=["own rows", "split"])
+def test_gradcheck_at_batches_of_one_two_and_eight(monkeypatch, batch, masked, kernel, split):
     """The C backward where its matmul is the file's own matrix-vector product (1; 2, one row on
-    each of two threads) or gemm (8: four rows a thread); test_fused_kernels.py gradchecks the
-    kernels at a batch of 3, with recurrent dropout too."""
+    each of two threads) or gemm (8: four rows a thread), and with the products split between two
+    threads (the C loops take that decision from `native.threading`, so a small weight can be made
+    to split); test_fused_kernels.py gradchecks the kernels at a batch of 3, with recurrent dropout too."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(native, "SPLIT_PRODUCT", 0 if split else native.SPLIT_PRODUCT)
     from longshort.fused_gru import gru_recurrence
     from longshort.fused_lstm import lstm_recurrence
     from longshort.fused_simple_rnn import simple_rnn_recurrence
@@ -181,6 +185,7 @@ def test_gradcheck_at_batches_of_one_two_and_eight(batch, masked, kernel):
     weight_hh = (torch.randn(gates * H, H, generator=generator, dtype=torch.float64) * 0.5).requires_grad_()
     step_mask = torch.tensor([[True, True, False, True], [True, False, True, True]] * 4)[:batch] if masked else None
     assert native.loop_kernels(torch.float64) is not None
+    assert native.threading(batch, weight_hh) == (1 if batch == 1 and not split else 2, int(split))
     if kernel == "lstm":
         assert torch.autograd.gradcheck(lambda *a: lstm_recurrence(a[0], (a[1], a[2]), a[3], step_mask), (p, h0, c0, weight_hh))
     elif kernel == "gru":
@@ -262,3 +267,21 @@ def test_switched_off(monkeypatch):
     monkeypatch.setenv("LONGSHORT_NATIVE", "0")
     assert native.loop_kernels(torch.float32) is None
     assert native.status() == "torch ops: LONGSHORT_NATIVE=0"
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="needs cc and glibc >= 2.35 on x86-64")
+@pytest.mark.parametrize("layer_class", [ls.LSTM, ls.GRU])
+def test_split_backward_gives_the_same_gradients_in_every_run(monkeypatch, layer_class):
+    """Where two threads split the backward's matrix-vector products, each sums its block of W's
+    rows on its own and they add their sums into dh in thread order (matrix_vector.h): the gradients
+    are equal to the last bit run after run (OpenMP's reduction, which added them in the order the
+    threads finished, changed them by up to 1e-14 within a few runs here)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(native, "SPLIT_PRODUCT", 0)
+    torch.manual_seed(0)
+    layer = layer_class(64, return_sequences=True, implementation="fused").double()
+    x = torch.randn(2, 9, 11, dtype=torch.float64, requires_grad=True)
+    assert native.threading(2, layer.cell.weight_hh) == (2, 1)
+    runs = [torch.autograd.grad(layer(x).sin().sum(), [x, *layer.parameters()]) for _ in range(20)]
+    for grads in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads, runs[0]))

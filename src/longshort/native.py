@@ -72,8 +72,7 @@ SPLIT_BATCH = 32
 # rnn_loops.c compiles in 4 s instead of 11-17 (gcc 12; plain -O2: 2.5 s, but 1.2-2.3x slower
 # loops, its cheap cost model leaving the gate math unvectorized).
 FLAGS = ("-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-march=native", "-fno-math-errno", "-fopenmp",
-         "-fPIC", "-shared", f"-DSMALL_BATCH={SMALL_BATCH}", f"-DSPLIT_PRODUCT={SPLIT_PRODUCT}",
-         f"-DSPLIT_BATCH={SPLIT_BATCH}")
+         "-fPIC", "-shared", f"-DSMALL_BATCH={SMALL_BATCH}")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -81,8 +80,8 @@ SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 class LoopKernels:
     """The C loops of one dtype (their signatures and equations: csrc/rnn_loops.c) and the gemm
     they call. Arguments: T, B, H, then the buffers' addresses (a tensor's data_ptr(), None for
-    no mask), whether the weight is stored transposed, `gemm`, and the threads to split the batch
-    between (`threads_for`)."""
+    no mask), whether the weight is stored transposed, `gemm`, the threads to split the batch
+    between and whether they split the products (`threading`)."""
 
     lstm_forward: Callable[..., None]  # z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w
     lstm_backward: Callable[..., None]  # z_all, c_all, tanh_c_all, dh_outs, dc, dz_all, masks, recurrent_mask, buffer, w
@@ -95,7 +94,7 @@ class LoopKernels:
     gemm: int  # the address of torch's BLAS gemm for this dtype
 
 
-SIGNATURES = {  # after T, B, H: p a pointer, i an int64; every loop ends with w_transposed (i), gemm (p) and threads (i)
+SIGNATURES = {  # after T, B, H: p a pointer, i an int64; every loop ends with w_transposed (i), gemm (p), threads (i) and split (i)
     "lstm_forward": "pppppppp", "lstm_backward": "pppppppppp", "gru_forward": "pppppp",
     "gru_backward": "pppppp", "simple_rnn_forward": "ppippp", "simple_rnn_backward": "pppppp",
     "lstm_variant_forward": "p" * 13 + "pipi" + "pppp", "lstm_variant_backward": "p" * 14 + "ppi" + "ppi" + "ppp",
@@ -219,7 +218,7 @@ def _kernels(library: ctypes.CDLL, suffix: str, gemm: int) -> LoopKernels:
     loops = {}
     for name, signature in SIGNATURES.items():
         loop = getattr(library, f"{name}_loop_{suffix}")
-        loop.argtypes = [types[kind] for kind in "iii" + signature + "ipi"]
+        loop.argtypes = [types[kind] for kind in "iii" + signature + "ipii"]
         loop.restype = None
         loops[name] = loop
     return LoopKernels(**loops, gemm=gemm)
@@ -243,6 +242,13 @@ def threads_for(batch: int, weight: torch.Tensor) -> int:
     if batch == 1:
         return torch.get_num_threads() if splits_products(batch, weight) else 1
     return max(1, min(torch.get_num_threads(), batch // ROWS_PER_THREAD))
+
+
+def threading(batch: int, weight: torch.Tensor) -> tuple[int, int]:
+    """A C loop's last two arguments at a batch of `batch` rows: its threads (`threads_for`) and
+    whether they split the products (1 or 0, `splits_products`: the C loops take the decision
+    from here, as `forward_weight` lays out the weight by it)."""
+    return threads_for(batch, weight), int(splits_products(batch, weight))
 
 
 def forward_weight(weight: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]:

@@ -84,8 +84,10 @@ static inline int64_t part_start(int64_t n, int64_t part, int64_t parts) {
     /* y (B, J) += x (B, I) A^T, for A (J, I) stored row-major (a_rows) or as A^T (I, J) row-major.    \
      * With parts > 1, called by each thread of a parallel region (its number `part` of `parts`),     \
      * each computes: with a_rows a part of y's outputs, rows [j0, j1) of A (no barrier); otherwise   \
-     * the sums over a block of A^T's rows, which OpenMP adds into y (`omp for` reduction, ending in   \
-     * a barrier). */                                                                                  \
+     * the sums over a block of A^T's rows [i0, i1), into partial sums of its own (on its stack, B J  \
+     * elements), which the threads then add into y one after another in thread order (`ordered`,     \
+     * ending in a barrier): the same result every run. (OpenMP's `reduction` adds the threads'       \
+     * copies in the order they finish, which changed gradients in the last bits from run to run.) */ \
     static inline __attribute__((always_inline)) void matrix_vector_##suffix(                          \
         int64_t B, int64_t J, int64_t I, const scalar *a, int64_t a_rows, const scalar *x, scalar *y,  \
         int64_t part, int64_t parts) {                                                                 \
@@ -95,8 +97,15 @@ static inline int64_t part_start(int64_t n, int64_t part, int64_t parts) {
         } else if (parts == 1) {                                                                       \
             rows_axpy_##suffix(B, I, J, a, x, I, y);                                                   \
         } else {                                                                                       \
-            _Pragma("omp for schedule(static) reduction(+ : y[0:B * J])")                              \
-            for (int64_t i = 0; i < I; i += 4) rows_axpy_##suffix(B, I - i < 4 ? I - i : 4, J, a + i * J, x + i, I, y); \
+            const int64_t i0 = part_start(I, part, parts), i1 = part_start(I, part + 1, parts);        \
+            scalar partial[B * J];                                                                     \
+            for (int64_t k = 0; k < B * J; k++) partial[k] = 0;                                        \
+            rows_axpy_##suffix(B, i1 - i0, J, a + i0 * J, x + i0, I, partial);                         \
+            _Pragma("omp for ordered schedule(static, 1)")                                             \
+            for (int64_t p = 0; p < parts; p++) {                                                      \
+                _Pragma("omp ordered")                                                                 \
+                for (int64_t k = 0; k < B * J; k++) y[k] += partial[k];                                \
+            }                                                                                          \
         }                                                                                              \
     }
 

@@ -126,17 +126,11 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * (from L1 for the second and third): at B=1 in about half the time of gemm's call on two (LSTM,
  * H=256); a whole training step at H=256 took 9.7 ms instead of 12.5 at B=2 and 13.4 instead of
  * 18.8 at B=3 (GRU 8.0 / 9.9 and 10.7 / 13.6); at B=4 the two loops took 11.3 ms this way and
- * 10.2 calling gemm, so from B=4 on they call gemm. There, from SPLIT_PRODUCT weights on, the
- * threads split each product between them (Threads, below). Both come from longshort.native (-D),
+ * 10.2 calling gemm, so from B=4 on they call gemm. There, with a large weight, the threads may
+ * split each product between them (Threads, below). SMALL_BATCH comes from longshort.native (-D),
  * which lays the weight out for these products (`forward_weight`). */
 #ifndef SMALL_BATCH
 #define SMALL_BATCH 3
-#endif
-#ifndef SPLIT_PRODUCT
-#define SPLIT_PRODUCT (1 << 17)
-#endif
-#ifndef SPLIT_BATCH
-#define SPLIT_BATCH 32
 #endif
 #define MATMULS(scalar, suffix)                                                                        \
     GEMM_FUNCTION(scalar, gemm_##suffix);                                                              \
@@ -221,9 +215,9 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * threads and back at every step.) At B=32, H=64 the gemm of a step on 16 rows took 6.2 us on one
  * thread, against 11.6 us for all 32 rows on two.
  *
- * Where the weight is large (G K >= SPLIT_PRODUCT elements) and the rows are few (B <=
- * SMALL_BATCH), or more than SMALL_BATCH a thread up to SPLIT_BATCH (all from longshort.native),
- * the threads also split each step's recurrent product instead of each doing its own rows'
+ * Where the caller passes `split` (longshort.native.splits_products: a large weight and few rows,
+ * or more than SMALL_BATCH a thread up to native.SPLIT_BATCH; the same decision lays the weight
+ * out), the threads also split each step's recurrent product instead of each doing its own rows'
  * (`parts`, the number of threads; 1 where they do not): each computes a part of it for all rows
  * (matrix_vector, matrix_vector.h, up to SMALL_BATCH rows; gemm on a block of the outputs beyond),
  * between two barriers, and the gate math of its own rows, [b0, b1) as above, between the
@@ -231,20 +225,15 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * half of it take about 0.6x the time; a batch of one could not use the second thread otherwise.
  * From B=8 to 32 a thread's gemm on its own rows streams the whole weight too, and splitting took
  * a training step 0.78-0.94x the time (native.SPLIT_BATCH has the figures). */
-/* Whether `team` threads split the products of a batch of B rows, G K = `product` weights, as
- * above (native.splits_products is the same rule, for the weight's layout). */
-static inline int splits_products(int64_t B, int64_t team, int64_t product) {
-    return product >= SPLIT_PRODUCT && (B <= SMALL_BATCH || (B > SMALL_BATCH * team && B <= SPLIT_BATCH));
-}
 /* Calls `rows` (a call naming b0, b1 and parts) for the rows [b0, b1) of a batch of B on each of
- * `threads` threads, whose products have G K = `product` weights: on the caller alone, with no
+ * `threads` threads, which split the products where `split` is set: on the caller alone, with no
  * parallel region, where threads is 1 (inside one, even of one thread, MKL's gemm would start
  * threads of its own at every call). */
-#define SHARE_OUT(threads, B, product, rows)                                                           \
+#define SHARE_OUT(threads, split, B, rows)                                                             \
     if ((threads) > 1) {                                                                               \
         _Pragma("omp parallel num_threads(threads)") {                                                 \
             const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();                 \
-            const int64_t parts = splits_products(B, team, product) ? team : 1;                        \
+            const int64_t parts = (split) ? team : 1;                                                  \
             const int64_t b0 = (B) * thread / team, b1 = (B) * (thread + 1) / team;                    \
             rows;                                                                                      \
         }                                                                                              \
@@ -274,10 +263,10 @@ static inline int splits_products(int64_t B, int64_t team, int64_t product) {
     void lstm_forward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *z_all, scalar *h_all,     \
                                     scalar *c_all, scalar *tanh_c_all, const uint8_t *masks,           \
                                     const scalar *recurrent_mask, scalar *buffer, const scalar *w,     \
-                                    int64_t w_transposed, void *gemm, int64_t threads) {               \
-        SHARE_OUT(threads, B, 4 * H * H, lstm_forward_rows_##suffix(T, B, H, z_all, h_all, c_all, tanh_c_all, \
-                                                           masks, recurrent_mask, buffer, w,           \
-                                                           w_transposed, gemm, b0, b1, parts));        \
+                                    int64_t w_transposed, void *gemm, int64_t threads, int64_t split) { \
+        SHARE_OUT(threads, split, B, lstm_forward_rows_##suffix(T, B, H, z_all, h_all, c_all, tanh_c_all, \
+                                                       masks, recurrent_mask, buffer, w,               \
+                                                       w_transposed, gemm, b0, b1, parts));            \
     }                                                                                                  \
                                                                                                        \
     static void lstm_backward_rows_##suffix(int64_t T, int64_t B, int64_t H, const scalar *z_all,      \
@@ -299,11 +288,11 @@ static inline int splits_products(int64_t B, int64_t team, int64_t product) {
                                      const scalar *c_all, const scalar *tanh_c_all, scalar *dh_outs,  \
                                      scalar *dc, scalar *dz_all, const uint8_t *masks,                \
                                      const scalar *recurrent_mask, scalar *buffer, const scalar *w,   \
-                                     int64_t w_transposed, void *gemm, int64_t threads) {              \
-        SHARE_OUT(threads, B, 4 * H * H, lstm_backward_rows_##suffix(T, B, H, z_all, c_all, tanh_c_all, \
-                                                            dh_outs, dc, dz_all, masks,                \
-                                                            recurrent_mask, buffer, w, w_transposed,   \
-                                                            gemm, b0, b1, parts));                     \
+                                     int64_t w_transposed, void *gemm, int64_t threads, int64_t split) { \
+        SHARE_OUT(threads, split, B, lstm_backward_rows_##suffix(T, B, H, z_all, c_all, tanh_c_all,    \
+                                                        dh_outs, dc, dz_all, masks,                    \
+                                                        recurrent_mask, buffer, w, w_transposed,       \
+                                                        gemm, b0, b1, parts));                         \
     }
 
 /* torch.lerp's formula, start + weight (end - start), computed from the nearer end so that it is
@@ -344,10 +333,10 @@ static inline int splits_products(int64_t B, int64_t team, int64_t product) {
                                                                                                        \
     void gru_forward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *rzq_all, scalar *n_all,    \
                                    scalar *h_all, const scalar *recurrent_mask, scalar *buffer,        \
-                                   const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SHARE_OUT(threads, B, 3 * H * H, gru_forward_rows_##suffix(T, B, H, rzq_all, n_all, h_all,   \
-                                                          recurrent_mask, buffer, w, w_transposed,     \
-                                                          gemm, b0, b1, parts));                       \
+                                   const scalar *w, int64_t w_transposed, void *gemm, int64_t threads, int64_t split) { \
+        SHARE_OUT(threads, split, B, gru_forward_rows_##suffix(T, B, H, rzq_all, n_all, h_all,         \
+                                                      recurrent_mask, buffer, w, w_transposed,         \
+                                                      gemm, b0, b1, parts));                           \
     }                                                                                                  \
                                                                                                        \
     static void gru_backward_rows_##suffix(int64_t T, int64_t B, int64_t H, const scalar *rzq_all,     \
@@ -372,10 +361,10 @@ static inline int splits_products(int64_t B, int64_t team, int64_t product) {
                                                                                                        \
     void gru_backward_loop_##suffix(int64_t T, int64_t B, int64_t H, const scalar *rzq_all,           \
                                     scalar *dq_all, scalar *dh_all, const scalar *recurrent_mask,     \
-                                    scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SHARE_OUT(threads, B, 3 * H * H, gru_backward_rows_##suffix(T, B, H, rzq_all, dq_all, dh_all, \
-                                                           recurrent_mask, buffer, w, w_transposed,    \
-                                                           gemm, b0, b1, parts));                      \
+                                    scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm, int64_t threads, int64_t split) { \
+        SHARE_OUT(threads, split, B, gru_backward_rows_##suffix(T, B, H, rzq_all, dq_all, dh_all,      \
+                                                       recurrent_mask, buffer, w, w_transposed,        \
+                                                       gemm, b0, b1, parts));                          \
     }
 
 /* SimpleRNN (fused_simple_rnn.py). h_all (T + 1, B, H): rows 1.. hold p_t and become h_t,
@@ -408,10 +397,10 @@ static inline int splits_products(int64_t B, int64_t team, int64_t product) {
     void simple_rnn_forward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *h_all,              \
                                           const uint8_t *masks, int64_t relu,                          \
                                           const scalar *recurrent_mask, scalar *buffer,                \
-                                          const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SHARE_OUT(threads, B, H * H, simple_rnn_forward_rows_##suffix(T, B, H, h_all, masks, relu,   \
-                                                                 recurrent_mask, buffer, w,            \
-                                                                 w_transposed, gemm, b0, b1, parts));  \
+                                          const scalar *w, int64_t w_transposed, void *gemm, int64_t threads, int64_t split) { \
+        SHARE_OUT(threads, split, B, simple_rnn_forward_rows_##suffix(T, B, H, h_all, masks, relu,     \
+                                                             recurrent_mask, buffer, w,                \
+                                                             w_transposed, gemm, b0, b1, parts));      \
     }                                                                                                  \
                                                                                                        \
     static void simple_rnn_backward_rows_##suffix(int64_t T, int64_t B, int64_t H, scalar *da_all,     \
@@ -432,10 +421,10 @@ static inline int splits_products(int64_t B, int64_t team, int64_t product) {
     void simple_rnn_backward_loop_##suffix(int64_t T, int64_t B, int64_t H, scalar *da_all,           \
                                            scalar *dh_all, const uint8_t *masks,                      \
                                            const scalar *recurrent_mask, scalar *buffer,              \
-                                           const scalar *w, int64_t w_transposed, void *gemm, int64_t threads) { \
-        SHARE_OUT(threads, B, H * H, simple_rnn_backward_rows_##suffix(T, B, H, da_all, dh_all, masks, \
-                                                                  recurrent_mask, buffer, w,           \
-                                                                  w_transposed, gemm, b0, b1, parts)); \
+                                           const scalar *w, int64_t w_transposed, void *gemm, int64_t threads, int64_t split) { \
+        SHARE_OUT(threads, split, B, simple_rnn_backward_rows_##suffix(T, B, H, da_all, dh_all, masks, \
+                                                              recurrent_mask, buffer, w,               \
+                                                              w_transposed, gemm, b0, b1, parts));     \
     }
 
 /* The LSTM variants (fused_lstm_variants.py): peephole connections, layer norm (LN) and zoneout,
@@ -555,15 +544,15 @@ static inline int splits_products(int64_t B, int64_t team, int64_t product) {
         }                                                                                              \
     }                                                                                                  \
                                                                                                        \
-    void lstm_variant_forward_loop_##suffix(VARIANT_FORWARD_PARAMETERS(scalar), int64_t threads) { \
-        SHARE_OUT(threads, B, 4 * H * H, lstm_variant_forward_rows_##suffix(T, B, H, z_all, h_all, c_all, \
-                                                                   c_new_all, tanh_n_all, qhat_all,    \
-                                                                   rsig_q_all, q, w_cif, w_co,         \
-                                                                   gain_hh, gain_c, shift_c, hold_h,   \
-                                                                   hold_h_width, hold_c,               \
-                                                                   hold_c_width, params,               \
-                                                                   recurrent_mask, buffer, w,          \
-                                                                   w_transposed, gemm, b0, b1, parts)); \
+    void lstm_variant_forward_loop_##suffix(VARIANT_FORWARD_PARAMETERS(scalar), int64_t threads, int64_t split) { \
+        SHARE_OUT(threads, split, B, lstm_variant_forward_rows_##suffix(T, B, H, z_all, h_all, c_all,  \
+                                                               c_new_all, tanh_n_all, qhat_all,        \
+                                                               rsig_q_all, q, w_cif, w_co,             \
+                                                               gain_hh, gain_c, shift_c, hold_h,       \
+                                                               hold_h_width, hold_c,                   \
+                                                               hold_c_width, params,                   \
+                                                               recurrent_mask, buffer, w,              \
+                                                               w_transposed, gemm, b0, b1, parts));    \
     }                                                                                                  \
                                                                                                        \
     /* Backward: dz_all (T, B, 4H) becomes dz; dq_all (T, B, 4H) dq with LN (else dz_all itself);    \
@@ -617,16 +606,16 @@ static inline int splits_products(int64_t B, int64_t team, int64_t product) {
         }                                                                                              \
     }                                                                                                  \
                                                                                                        \
-    void lstm_variant_backward_loop_##suffix(VARIANT_BACKWARD_PARAMETERS(scalar), int64_t threads) { \
-        SHARE_OUT(threads, B, 4 * H * H, lstm_variant_backward_rows_##suffix(T, B, H, dz_all, dq_all, dh_outs, \
-                                                                    dc, scratch, dz_o_per_dh,          \
-                                                                    dc_per_dh, dz_ifg_per_dc,          \
-                                                                    dc_prev_per_dc, c_sums_per_dh,     \
-                                                                    chat, qhat_all, rsig_q_all,        \
-                                                                    gain_hh, u_h, v_h, h_width, u_c,   \
-                                                                    v_c, c_width, recurrent_mask,      \
-                                                                    buffer, w, w_transposed, gemm,     \
-                                                                    b0, b1, parts));                   \
+    void lstm_variant_backward_loop_##suffix(VARIANT_BACKWARD_PARAMETERS(scalar), int64_t threads, int64_t split) { \
+        SHARE_OUT(threads, split, B, lstm_variant_backward_rows_##suffix(T, B, H, dz_all, dq_all, dh_outs, \
+                                                                dc, scratch, dz_o_per_dh,              \
+                                                                dc_per_dh, dz_ifg_per_dc,              \
+                                                                dc_prev_per_dc, c_sums_per_dh,         \
+                                                                chat, qhat_all, rsig_q_all,            \
+                                                                gain_hh, u_h, v_h, h_width, u_c,       \
+                                                                v_c, c_width, recurrent_mask,          \
+                                                                buffer, w, w_transposed, gemm,         \
+                                                                b0, b1, parts));                       \
     }
 
 LSTM_STEPS(float, f32, expf, tanhf)
