@@ -169,7 +169,7 @@ def test_the_forward_loop_gets_the_weight_laid_out_for_its_products(monkeypatch,
 def test_gradcheck_at_batches_of_one_two_and_eight(monkeypatch, batch, masked, kernel, split):
     """The C backward where its matmul is the file's own matrix-vector product (1; 2, one row on
     each of two threads) or gemm (8: four rows a thread), and with the products split between two
-    threads (the C loops take that decision from `native.threading`, so a small weight can be made
+    threads (the C loops take that decision from `native.loop_threads`, so a small weight can be made
     to split); test_fused_kernels.py gradchecks the kernels at a batch of 3, with recurrent dropout too."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(native, "SPLIT_PRODUCT", 0 if split else native.SPLIT_PRODUCT)
@@ -185,7 +185,7 @@ def test_gradcheck_at_batches_of_one_two_and_eight(monkeypatch, batch, masked, k
     weight_hh = (torch.randn(gates * H, H, generator=generator, dtype=torch.float64) * 0.5).requires_grad_()
     step_mask = torch.tensor([[True, True, False, True], [True, False, True, True]] * 4)[:batch] if masked else None
     assert native.loop_kernels(torch.float64) is not None
-    assert native.threading(batch, weight_hh) == (1 if batch == 1 and not split else 2, int(split))
+    assert native.loop_threads(batch, weight_hh) == (1 if batch == 1 and not split else 2, int(split))
     if kernel == "lstm":
         assert torch.autograd.gradcheck(lambda *a: lstm_recurrence(a[0], (a[1], a[2]), a[3], step_mask), (p, h0, c0, weight_hh))
     elif kernel == "gru":
@@ -281,7 +281,7 @@ def test_split_backward_gives_the_same_gradients_in_every_run(monkeypatch, layer
     torch.manual_seed(0)
     layer = layer_class(64, return_sequences=True, implementation="fused").double()
     x = torch.randn(2, 9, 11, dtype=torch.float64, requires_grad=True)
-    assert native.threading(2, layer.cell.weight_hh) == (2, 1)
+    assert native.loop_threads(2, layer.cell.weight_hh) == (2, 1)
     runs = [torch.autograd.grad(layer(x).sin().sum(), [x, *layer.parameters()]) for _ in range(20)]
     for grads in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(grads, runs[0]))

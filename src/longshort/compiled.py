@@ -138,8 +138,8 @@ def hoists_input(cell: nn.Module) -> bool:
 def time_major_projection(cell: nn.Module, x: Tensor) -> Tensor:
     """`cell.project_input` of every step of x (B, T, F) as (T, B, G), contiguous: the cell's own
     `time_major_input` where it has one (the protocol's optional method: x transposed, F wide, before
-    the matmul), else the projection transposed after it (G wide, and its gradient back: at B=32,
-    H=64 about 1 ms of a 13 ms training step of a custom LSTM cell)."""
+    the matmul), else the projection transposed after it (G wide, and its gradient back: a custom
+    LSTM cell with the method trains in 0.85-0.94x the time without it at B=32 and 128)."""
     if callable(getattr(cell, "time_major_input", None)):
         return cell.time_major_input(x).contiguous()
     return cell.project_input(x).transpose(0, 1).contiguous()

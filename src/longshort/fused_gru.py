@@ -75,7 +75,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from longshort import workspace
-from longshort.native import LoopKernels, address, forward_weight, loops_for, threading, weight_layout
+from longshort.native import LoopKernels, address, forward_weight, loops_for, loop_threads, weight_layout
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -199,14 +199,14 @@ def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, weight_hh, recurren
     """As `_forward_steps`."""
     T, B, H = n.shape
     w, transposed = forward_weight(weight_hh, B)
-    kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm, *threading(B, w))
+    kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm, *loop_threads(B, w))
 
 
 def _backward_steps_in_c(kernels: LoopKernels, rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> None:
     """As `_backward_steps`."""
     T, B, three_h = rzq.shape
     w, transposed = weight_layout(weight_hh)
-    kernels.gru_backward(T, B, three_h // 3, *map(address, (rzq, dq_all, dh_all, recurrent_mask, dq_w, w)), transposed, kernels.gemm, *threading(B, w))
+    kernels.gru_backward(T, B, three_h // 3, *map(address, (rzq, dq_all, dh_all, recurrent_mask, dq_w, w)), transposed, kernels.gemm, *loop_threads(B, w))
 
 
 def gru_recurrence(

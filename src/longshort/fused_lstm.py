@@ -71,7 +71,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from longshort import workspace
-from longshort.native import LoopKernels, address, forward_weight, loops_for, threading, weight_layout
+from longshort.native import LoopKernels, address, forward_weight, loops_for, loop_threads, weight_layout
 
 
 class LSTMRecurrence(torch.autograd.Function):
@@ -214,7 +214,7 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, tanh_c_all, w
     w, w_transposed = forward_weight(weight_hh, B)
     buffer = None if recurrent_mask is None else h_all.new_empty(B, four_h // 4)
     kernels.lstm_forward(T, B, four_h // 4, *map(address, (z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w)),
-                         w_transposed, kernels.gemm, *threading(B, w))
+                         w_transposed, kernels.gemm, *loop_threads(B, w))
 
 
 def _backward_steps_in_c(kernels: LoopKernels, z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all) -> Tensor:
@@ -223,7 +223,7 @@ def _backward_steps_in_c(kernels: LoopKernels, z_all, c_all, tanh_c_all, weight_
     w, w_transposed = weight_layout(weight_hh)
     buffer = None if recurrent_mask is None else dc.new_empty(B, four_h // 4)
     kernels.lstm_backward(T, B, four_h // 4, *map(address, (z_all, c_all, tanh_c_all, dh_outs, dc, dz_all, masks, recurrent_mask, buffer, w)),
-                          w_transposed, kernels.gemm, *threading(B, w))
+                          w_transposed, kernels.gemm, *loop_threads(B, w))
     return dc
 
 

@@ -79,7 +79,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from longshort import workspace
-from longshort.native import LoopKernels, address, forward_weight, loops_for, threading, weight_layout
+from longshort.native import LoopKernels, address, forward_weight, loops_for, loop_threads, weight_layout
 
 
 class LayerNormWeights(NamedTuple):
@@ -343,7 +343,7 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, c_new_all, ta
     kernels.lstm_variant_forward(
         T, B, H, *map(address, (z_all, h_all, c_all, c_new_all, tanh_n_all, qhat, rsig_q, q, *weights)),
         address(hold_h), _width(hold_h), address(hold_c), _width(hold_c),
-        *map(address, (params, recurrent_mask, buffer, w)), transposed, kernels.gemm, *threading(B, w))
+        *map(address, (params, recurrent_mask, buffer, w)), transposed, kernels.gemm, *loop_threads(B, w))
     return qhat, rsig_q
 
 
@@ -358,7 +358,7 @@ def _backward_steps_in_c(kernels: LoopKernels, dz_all, dq_all, dh_outs, dc_state
     scratch = dz_all.new_empty(B, 3 * H)
     kernels.lstm_variant_backward(
         T, B, H, *map(address, (dz_all, dq_all, dh_outs, dc_state, scratch, *factors, gain_hh, u_h, v_h)), _width(u_h),
-        *map(address, (u_c, v_c)), _width(u_c), *map(address, (recurrent_mask, buffer, w)), transposed, kernels.gemm, *threading(B, w))
+        *map(address, (u_c, v_c)), _width(u_c), *map(address, (recurrent_mask, buffer, w)), transposed, kernels.gemm, *loop_threads(B, w))
 
 
 def lstm_variant_recurrence(

@@ -52,7 +52,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from longshort import workspace
-from longshort.native import LoopKernels, address, forward_weight, loops_for, threading, weight_layout
+from longshort.native import LoopKernels, address, forward_weight, loops_for, loop_threads, weight_layout
 
 _ACTIVATIONS = {"tanh": torch.tanh_, "relu": torch.relu_}
 
@@ -159,7 +159,7 @@ def _forward_steps_in_c(kernels: LoopKernels, relu: bool, h_all, weight_hh, mask
     w, transposed = forward_weight(weight_hh, B)
     masks = None if masks is None else masks.squeeze(-1)  # (T, B) bytes
     kernels.simple_rnn_forward(T, B, H, address(h_all), address(masks), int(relu), *map(address, (recurrent_mask, h_in, w)),
-                               transposed, kernels.gemm, *threading(B, w))
+                               transposed, kernels.gemm, *loop_threads(B, w))
 
 
 def _backward_steps_in_c(kernels: LoopKernels, da_all, dh_all, weight_hh, masks, recurrent_mask, da_w) -> None:
@@ -167,7 +167,7 @@ def _backward_steps_in_c(kernels: LoopKernels, da_all, dh_all, weight_hh, masks,
     T, B, H = da_all.shape
     w, transposed = weight_layout(weight_hh)
     masks = None if masks is None else masks.squeeze(-1)  # (T, B) bytes
-    kernels.simple_rnn_backward(T, B, H, *map(address, (da_all, dh_all, masks, recurrent_mask, da_w, w)), transposed, kernels.gemm, *threading(B, w))
+    kernels.simple_rnn_backward(T, B, H, *map(address, (da_all, dh_all, masks, recurrent_mask, da_w, w)), transposed, kernels.gemm, *loop_threads(B, w))
 
 
 def simple_rnn_recurrence(

@@ -81,7 +81,7 @@ class LoopKernels:
     """The C loops of one dtype (their signatures and equations: csrc/rnn_loops.c) and the gemm
     they call. Arguments: T, B, H, then the buffers' addresses (a tensor's data_ptr(), None for
     no mask), whether the weight is stored transposed, `gemm`, the threads to split the batch
-    between and whether they split the products (`threading`)."""
+    between and whether they split the products (`loop_threads`)."""
 
     lstm_forward: Callable[..., None]  # z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w
     lstm_backward: Callable[..., None]  # z_all, c_all, tanh_c_all, dh_outs, dc, dz_all, masks, recurrent_mask, buffer, w
@@ -244,7 +244,7 @@ def threads_for(batch: int, weight: torch.Tensor) -> int:
     return max(1, min(torch.get_num_threads(), batch // ROWS_PER_THREAD))
 
 
-def threading(batch: int, weight: torch.Tensor) -> tuple[int, int]:
+def loop_threads(batch: int, weight: torch.Tensor) -> tuple[int, int]:
     """A C loop's last two arguments at a batch of `batch` rows: its threads (`threads_for`) and
     whether they split the products (1 or 0, `splits_products`: the C loops take the decision
     from here, as `forward_weight` lays out the weight by it)."""
