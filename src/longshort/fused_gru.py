@@ -198,8 +198,9 @@ def _backward_steps(rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> Non
 def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, weight_hh, recurrent_mask, h_in) -> None:
     """As `_forward_steps`."""
     T, B, H = n.shape
-    w, transposed = forward_weight(weight_hh, B)
-    kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm, *loop_threads(B, w))
+    threads, split = loop_threads(B, weight_hh)
+    w, transposed = forward_weight(weight_hh, split)
+    kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm, threads, split)
 
 
 def _backward_steps_in_c(kernels: LoopKernels, rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> None:

@@ -211,10 +211,11 @@ def _backward_steps(z_all, c_all, tanh_c, weight_hh, masks, recurrent_mask, dh_o
 def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask) -> None:
     """As `_forward_steps`."""
     T, B, four_h = z_all.shape
-    w, w_transposed = forward_weight(weight_hh, B)
+    threads, split = loop_threads(B, weight_hh)
+    w, w_transposed = forward_weight(weight_hh, split)
     buffer = None if recurrent_mask is None else h_all.new_empty(B, four_h // 4)
     kernels.lstm_forward(T, B, four_h // 4, *map(address, (z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w)),
-                         w_transposed, kernels.gemm, *loop_threads(B, w))
+                         w_transposed, kernels.gemm, threads, split)
 
 
 def _backward_steps_in_c(kernels: LoopKernels, z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all) -> Tensor:

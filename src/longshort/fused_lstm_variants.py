@@ -337,13 +337,14 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, c_new_all, ta
         gain_hh, gain_c, shift_c, eps = layer_norm
         qhat, rsig_q, q = workspace.empty(z_all, T, B, four_h), z_all.new_empty(T, B, 1), z_all.new_empty(B, four_h)
     params = torch.tensor([rate_h or 0.0, rate_c or 0.0, eps], dtype=z_all.dtype)
-    w, transposed = forward_weight(weight_hh, B)
+    threads, split = loop_threads(B, weight_hh)
+    w, transposed = forward_weight(weight_hh, split)
     buffer = None if recurrent_mask is None else z_all.new_empty(B, H)
     weights = (None if x is None else x.contiguous() for x in (w_cif, w_co, gain_hh, gain_c, shift_c))
     kernels.lstm_variant_forward(
         T, B, H, *map(address, (z_all, h_all, c_all, c_new_all, tanh_n_all, qhat, rsig_q, q, *weights)),
         address(hold_h), _width(hold_h), address(hold_c), _width(hold_c),
-        *map(address, (params, recurrent_mask, buffer, w)), transposed, kernels.gemm, *loop_threads(B, w))
+        *map(address, (params, recurrent_mask, buffer, w)), transposed, kernels.gemm, threads, split)
     return qhat, rsig_q
 
 

@@ -156,10 +156,11 @@ def _backward_steps(da_all, dh_all, weight_hh, passes, recurrent_mask, da_w) -> 
 def _forward_steps_in_c(kernels: LoopKernels, relu: bool, h_all, weight_hh, masks, recurrent_mask, h_in) -> None:
     """As `_forward_steps`."""
     T, B, H = h_all.shape[0] - 1, h_all.shape[1], h_all.shape[2]
-    w, transposed = forward_weight(weight_hh, B)
+    threads, split = loop_threads(B, weight_hh)
+    w, transposed = forward_weight(weight_hh, split)
     masks = None if masks is None else masks.squeeze(-1)  # (T, B) bytes
     kernels.simple_rnn_forward(T, B, H, address(h_all), address(masks), int(relu), *map(address, (recurrent_mask, h_in, w)),
-                               transposed, kernels.gemm, *loop_threads(B, w))
+                               transposed, kernels.gemm, threads, split)
 
 
 def _backward_steps_in_c(kernels: LoopKernels, da_all, dh_all, weight_hh, masks, recurrent_mask, da_w) -> None:

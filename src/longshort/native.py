@@ -247,20 +247,21 @@ def threads_for(batch: int, weight: torch.Tensor) -> int:
 def loop_threads(batch: int, weight: torch.Tensor) -> tuple[int, int]:
     """A C loop's last two arguments at a batch of `batch` rows: its threads (`threads_for`) and
     whether they split the products (1 or 0, `splits_products`: the C loops take the decision
-    from here, as `forward_weight` lays out the weight by it)."""
+    from here, and a forward loop's `forward_weight` lays out the weight by the same value)."""
     return threads_for(batch, weight), int(splits_products(batch, weight))
 
 
-def forward_weight(weight: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]:
-    """A recurrent weight W (G, K) laid out for a C forward loop at a batch of `batch` rows, with
-    its flag (as `weight_layout`), copied where it is stored the other way. A step's z += W h is
+def forward_weight(weight: torch.Tensor, split: int) -> tuple[torch.Tensor, int]:
+    """A recurrent weight W (G, K) laid out for a C forward loop whose threads split the products
+    or not (`split`, from `loop_threads`), with its flag (as `weight_layout`), copied where it is
+    stored the other way. A step's z += W h is
     faster with W^T row-major (in the forward loop of an LSTM, T=100, per step: at B=1 3.6 us
     against 5.5 at H=128; at B=3 31 against 39 at H=256; at B=32 194 against 203; the copy costs a
     few percent of that), except where the threads split the products (`splits_products`): there
     each thread's outputs are rows of W (10.2 us against 12.2 at B=1, H=256).
     The backward's dh += W^T dz takes W as the layer holds it: the same speed either way on one
     thread, and no copy."""
-    if splits_products(batch, weight):
+    if split:
         return weight_layout(weight.contiguous())
     return weight_layout(weight.T.contiguous().T)
 
