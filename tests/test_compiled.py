@@ -179,6 +179,25 @@ def test_the_compiled_step_loops_over_time_in_c(kind, batch, monkeypatch):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
+def test_a_run_takes_one_arena_its_arrays_apart_and_aligned():
+    """The loops' arrays of a run (each returned buffer's T + 1 rows, then each scratch buffer) share
+    one allocation: each starts on a ROW_ALIGNMENT boundary, and none overlaps another."""
+    from longshort.compiled_loops import ROW_ALIGNMENT
+
+    layer = ls.RNN(CELLS["projected LSTM"](), implementation="compiled", return_sequences=True)
+    layer(torch.randn(3, 4, 3)).sum().backward()
+    (loops,) = step_loops(layer)
+    for arena in (loops.forward_arena, loops.backward_arena):
+        assert arena.rows and arena.scratch.keys().isdisjoint(arena.rows)
+        for T in (1, 7):
+            memory, starts = arena.allocate(T)
+            sizes = {**{j: (T + 1) * row for j, row in arena.rows.items()}, **arena.scratch}
+            spans = sorted((starts[j], starts[j] + size) for j, size in sizes.items())
+            assert all(start % ROW_ALIGNMENT == 0 and size % ROW_ALIGNMENT == 0 for start, size in zip(starts.values(), sizes.values()))
+            assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+            assert spans[-1][1] <= memory.numel()
+
+
 def small_matmuls(layer: ls.RNN) -> list[tuple[int, int, int]]:
     """(M, N, K) of every matmul the step's loops in C run, forward and backward."""
     from longshort.compiled_loops import Gemm
