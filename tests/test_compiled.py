@@ -392,8 +392,8 @@ def test_compiles_once_per_batch_size_and_mode():
 
 
 def test_the_all_steps_pass_compiles_once_per_shape_up_to_a_cap(monkeypatch):
-    """The gradient pass over all steps is compiled per number of rows; past COMPILED_PASSES shapes
-    it runs eagerly, with the same gradients."""
+    """The gradient pass over all steps is compiled per number of rows (here from the forward's saved
+    values); past COMPILED_PASSES shapes it runs eagerly, with the same gradients."""
     monkeypatch.setattr(compiled_path, "COMPILED_PASSES", 2)
     torch.manual_seed(5)
     reference = ls.RNN(MinimalRNNCell(4, 3), return_sequences=True, return_state=True).double()
@@ -403,8 +403,29 @@ def test_the_all_steps_pass_compiles_once_per_shape_up_to_a_cap(monkeypatch):
         x = torch.randn(2, length, 3, dtype=torch.float64)
         for ours, theirs in zip(outputs_and_grads(layer, x, initial), outputs_and_grads(reference, x, initial)):
             torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
-        assert len(layer._compiled_loop.passes) == compiled_passes
-    assert all(call is not None for call in layer._compiled_loop.passes.values())
+        assert layer._compiled_loop.compiled_passes() == compiled_passes
+    assert layer._compiled_loop.passes == {}  # no pass that computes the step again: it ran eagerly past the cap
+
+
+@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_the_all_steps_pass_reads_what_the_forward_loop_saved(kind, batch):
+    """Where the loops ran in C, the gradient pass over all steps is the gradient half of the step,
+    reading the values the forward saved instead of computing the step again; with a mask it is the
+    pass that computes it again. Both give the readable loop's gradients."""
+    torch.manual_seed(6)
+    x = torch.randn(batch, 7, 3, dtype=torch.float64)
+    layer = ls.RNN(CELLS[kind](), implementation="compiled", return_sequences=True, return_state=True).double()
+    initial = ls.rnn.map_state(torch.randn_like, layer.cell.initial_state(batch, x))
+    loop = ls.RNN(copy.deepcopy(layer.cell), implementation="loop", return_sequences=True, return_state=True)
+    for call in ({}, {"lengths": torch.tensor([7, 4, 6, 2, 5][:batch])}):
+        for ours, theirs in zip(outputs_and_grads(layer, x, initial, **call), outputs_and_grads(loop, x, initial, **call)):
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+        compiled = layer._compiled_loop
+        assert [built is not None for built in compiled.saved_passes.values()] == [True]
+        assert len(compiled.passes) == len(call)  # the masked call's
+    (call, reads), = compiled.saved_passes.values()
+    assert reads and set(node.name for node in reads) <= set(next(iter(compiled.steps.values())).saved_names)
 
 
 class DropoutCell(MinimalRNNCell):
