@@ -819,21 +819,34 @@ def _steps_backward(run: _Recurrence, inputs: Tensor, previous, tensors, dys: Te
     return found
 
 
+def _rows_joint(run: _Recurrence, wanted: Sequence[bool], n_tensors: int) -> Callable[[list[Tensor], list[Tensor]], tuple[Tensor, ...]]:
+    """The step over rows with its gradients, as the step's joint graph has it: ([*parameters and
+    buffers, step inputs, *states], [*cotangents of the outputs]) -> its outputs, then the gradient of
+    each wanted one of (step inputs, *parameters and buffers), zeros where the step does not use it."""
+
+    def joint(primals: list[Tensor], tangents: list[Tensor]) -> tuple[Tensor, ...]:
+        tensors, step_inputs, states = primals[:n_tensors], primals[n_tensors], primals[n_tensors + 1 :]
+        with torch.enable_grad():
+            y, new_state = run.loop.step(run.names, tensors, step_inputs, _rebuild(run.template, states), run.split)
+            outs = [y, *flatten_state(new_state)]
+            pairs = [(out, tangent) for out, tangent in zip(outs, tangents) if out.requires_grad]
+            targets = [x for x, want in zip([step_inputs, *tensors], wanted) if want]
+            grads = torch.autograd.grad([o for o, _ in pairs], targets, [t for _, t in pairs], allow_unused=True) if pairs else [None] * len(targets)
+        return (*outs, *(torch.zeros_like(x) if g is None else g for g, x in zip(grads, targets)))
+
+    return joint
+
+
 def _rows_vjp(run: _Recurrence, wanted: Sequence[bool], n_tensors: int) -> Callable[..., tuple[Tensor, ...]]:
     """The vector-Jacobian product of the step over rows: (step inputs, *parameters and buffers,
     *states, *cotangents of the outputs) -> the gradient of each wanted one of (step inputs,
     *parameters and buffers), zeros where the step does not use it."""
+    joint, leaves = _rows_joint(run, wanted, n_tensors), run.step.state_leaves
 
     def vjp(step_inputs: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        tensors, rest = rest[:n_tensors], rest[n_tensors:]
-        states, cotangents = rest[: run.step.state_leaves], rest[run.step.state_leaves :]
-        with torch.enable_grad():
-            differentiable = [x.detach().requires_grad_(want) for x, want in zip([step_inputs, *tensors], wanted)]
-            y, new_state = run.loop.step(run.names, differentiable[1:], differentiable[0], _rebuild(run.template, states), run.split)
-            pairs = [(out, cot) for out, cot in zip([y, *flatten_state(new_state)], cotangents) if out.requires_grad]
-            targets = [x for x, want in zip(differentiable, wanted) if want]
-            grads = torch.autograd.grad([o for o, _ in pairs], targets, [c for _, c in pairs], allow_unused=True) if pairs else [None] * len(targets)
-        return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, targets))
+        tensors, states, cotangents = rest[:n_tensors], rest[n_tensors : n_tensors + leaves], rest[n_tensors + leaves :]
+        differentiable = [x.detach().requires_grad_(want) for x, want in zip([step_inputs, *tensors], wanted)]
+        return joint([*differentiable[1:], differentiable[0], *states], list(cotangents))[1 + leaves :]
 
     return vjp
 
@@ -991,21 +1004,9 @@ def _compile_gradient_half(run: _Recurrence, primals: list[Tensor], tangents: li
     loop, n, leaves = run.loop, len(primals) - 1 - run.step.state_leaves, run.step.state_leaves
     who, start = type(loop.cell).__name__, time.perf_counter()
 
-    def joint(primals: list[Tensor], tangents: list[Tensor]) -> tuple[Tensor, ...]:
-        """The step over rows as the step's joint graph has it: its outputs, then the gradient of each
-        wanted one of (p, *tensors)."""
-        tensors, p, states = primals[:n], primals[n], primals[n + 1 :]
-        with torch.enable_grad():
-            y, new_state = loop.step(run.names, tensors, p, _rebuild(run.template, states), run.split)
-            outs = [y, *flatten_state(new_state)]
-            pairs = [(out, tangent) for out, tangent in zip(outs, tangents) if out.requires_grad]
-            targets = [x for x, want in zip([p, *tensors], wanted) if want]
-            grads = torch.autograd.grad([o for o, _ in pairs], targets, [t for _, t in pairs], allow_unused=True) if pairs else [None] * len(targets)
-        return (*outs, *(torch.zeros_like(x) if g is None else g for g, x in zip(grads, targets)))
-
     try:
         differentiable = [x.detach().requires_grad_(want) for x, want in zip([primals[n], *primals[:n]], wanted)]
-        graph = make_fx(joint, decomposition_table=select_decomp_table(), tracing_mode="fake")([*differentiable[1:], differentiable[0], *primals[n + 1 :]], tangents)
+        graph = make_fx(_rows_joint(run, wanted, n), decomposition_table=select_decomp_table(), tracing_mode="fake")([*differentiable[1:], differentiable[0], *primals[n + 1 :]], tangents)
         cut = _gradient_half(graph, 1 + leaves, set(run.step.saved_names))
         where = None if cut is None else _saved_values(run.step, primals[:n], cut[1], primals[n].shape[0], batch)
         if where is None:
