@@ -788,8 +788,8 @@ def _all_steps_backward(ctx, run: _Recurrence, inputs: Tensor, previous, tensors
         mask = None if run.step_mask is None else run.step_mask[part]
         arguments = (run, inputs[part], [s[part] for s in previous], tensors, dys[part], [l[part] for l in lams])
         found = None
-        if mask is None and run.step.loops is not None:  # what the loop in C saved stands in for the step's forward
-            found = _steps_backward_from_saved(*arguments, ctx.loop_run, part, wanted)
+        if run.step.loops is not None:  # what the loop in C saved stands in for the step's forward
+            found = _steps_backward_from_saved(*arguments, mask, ctx.loop_run, part, wanted)
         if found is None:
             found = _steps_backward(*arguments, mask, wanted)
         if len(starts) == 1:  # one pass: its gradient is the whole one, without a copy
@@ -800,15 +800,23 @@ def _all_steps_backward(ctx, run: _Recurrence, inputs: Tensor, previous, tensors
     return d_inputs, d_tensors
 
 
+def _step_rows(inputs: Tensor, previous, step_mask: Optional[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """Some steps' inputs and states (T', B, ...) as rows (T'*B, ...); padding rows (their cotangents
+    zero) hold zeros in place of what they held (even NaN)."""
+    T, B = inputs.shape[:2]
+    step_inputs, states = inputs.detach().reshape(T * B, *inputs.shape[2:]), [s.reshape(T * B, *s.shape[2:]) for s in previous]
+    if step_mask is not None:
+        real = step_mask.reshape(T * B)
+        step_inputs = torch.where(_batch_view(real, step_inputs), step_inputs, 0)
+        states = [torch.where(_batch_view(real, s), s, 0) for s in states]
+    return step_inputs, states
+
+
 def _steps_backward(run: _Recurrence, inputs: Tensor, previous, tensors, dys: Tensor, lams: list[Tensor], step_mask: Optional[Tensor], wanted):
     """The gradients (inputs, then each parameter / buffer, None where not wanted) of some steps (T', B, ...) at once."""
     T, B = inputs.shape[:2]
     rows = lambda x: x.reshape(T * B, *x.shape[2:])  # noqa: E731 - (T', B, ...) -> (T'*B, ...)
-    step_inputs, states = rows(inputs.detach()), [rows(s) for s in previous]
-    if step_mask is not None:  # padding rows: zero cotangents, and zeros in place of what they hold (even NaN)
-        real = step_mask.reshape(T * B)
-        step_inputs = torch.where(_batch_view(real, step_inputs), step_inputs, 0)
-        states = [torch.where(_batch_view(real, s), s, 0) for s in states]
+    step_inputs, states = _step_rows(inputs, previous, step_mask)
     arguments = [step_inputs, *(t.detach() for t in tensors), *states, rows(dys), *(rows(l) for l in lams)]
     vjp = _rows_vjp(run, wanted, len(tensors))
     compiled = run.loop.compiled_pass(vjp, arguments, wanted, run.split)
@@ -861,7 +869,8 @@ def _rows_vjp(run: _Recurrence, wanted: Sequence[bool], n_tensors: int) -> Calla
 # compute a matmul of the forward again, the pass above runs). The first run of each shape is checked
 # against the pass above; where they differ, or a saved value is not where `_saved_values` looks for it,
 # the pass above runs for that shape. Side by side, a custom LSTM cell's training step: 0.79-0.82x the
-# time at B=128, H=256, 0.85-0.87x at B=32, H=256, 0.89-0.90x at B=32, H=64; at B=1 the same. The
+# time at B=128, H=256, 0.85-0.87x at B=32, H=256, 0.89-0.90x at B=32, H=64; at B=1 the same; with
+# lengths 0.84-0.85x at B=32, H=256 (padding rows: their cotangents are zero, see `_steps_backward_from_saved`). The
 # joint graph is traced with fake tensors: traced on real ones, the first step's peak memory at B=32,
 # T=1000, H=128 was 1.43x torch.nn.LSTM's, now 1.30x (it was 1.35x with the pass above).
 
@@ -970,11 +979,13 @@ def _saved_values(step: CompiledStep, tensors: Sequence[Tensor], reads: list[tor
 
 
 def _steps_backward_from_saved(run: _Recurrence, inputs: Tensor, previous, tensors, dys: Tensor, lams: list[Tensor],
-                               loop_run, part: slice, wanted) -> Optional[list[Optional[Tensor]]]:
-    """`_steps_backward` without the step's forward (see above), or None: it runs as `_steps_backward` for this shape."""
+                               step_mask: Optional[Tensor], loop_run, part: slice, wanted) -> Optional[list[Optional[Tensor]]]:
+    """`_steps_backward` without the step's forward (see above), or None: it runs as `_steps_backward` for this shape.
+    The values saved at padding rows are what the step computed there from a zero input: their cotangents are zero."""
     T, B = inputs.shape[:2]
     rows = lambda x: x.reshape(T * B, *x.shape[2:]).contiguous()  # noqa: E731 - (T', B, ...) -> (T'*B, ...)
-    primals = [*(t.detach() for t in tensors), rows(inputs.detach()), *(rows(s) for s in previous)]
+    step_inputs, states = _step_rows(inputs, previous, step_mask)
+    primals = [*(t.detach() for t in tensors), step_inputs.contiguous(), *(s.contiguous() for s in states)]
     tangents = [rows(dys), *(rows(l) for l in lams)]
     loop = run.loop
     key = (loop.cell.training, run.split is not None, tuple(wanted)) + tuple((a.shape, a.stride(), a.dtype, a.device) for a in [*primals, *tangents])
