@@ -800,24 +800,23 @@ def _all_steps_backward(ctx, run: _Recurrence, inputs: Tensor, previous, tensors
     return d_inputs, d_tensors
 
 
-def _step_rows(inputs: Tensor, previous, step_mask: Optional[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """Some steps' inputs and states (T', B, ...) as rows (T'*B, ...); padding rows (their cotangents
-    zero) hold zeros in place of what they held (even NaN)."""
+def _step_rows(inputs: Tensor, previous, dys: Tensor, lams: list[Tensor], step_mask: Optional[Tensor]):
+    """Some steps' inputs, states and cotangents (T', B, ...) as rows (T'*B, ...): (inputs, states,
+    [dy, *lams]). Padding rows (their cotangents zero) hold zeros in place of what they held (even NaN)."""
     T, B = inputs.shape[:2]
-    step_inputs, states = inputs.detach().reshape(T * B, *inputs.shape[2:]), [s.reshape(T * B, *s.shape[2:]) for s in previous]
+    rows = lambda x: x.reshape(T * B, *x.shape[2:])  # noqa: E731 - (T', B, ...) -> (T'*B, ...)
+    step_inputs, states = rows(inputs.detach()), [rows(s) for s in previous]
     if step_mask is not None:
         real = step_mask.reshape(T * B)
         step_inputs = torch.where(_batch_view(real, step_inputs), step_inputs, 0)
         states = [torch.where(_batch_view(real, s), s, 0) for s in states]
-    return step_inputs, states
+    return step_inputs, states, [rows(dys), *(rows(l) for l in lams)]
 
 
 def _steps_backward(run: _Recurrence, inputs: Tensor, previous, tensors, dys: Tensor, lams: list[Tensor], step_mask: Optional[Tensor], wanted):
     """The gradients (inputs, then each parameter / buffer, None where not wanted) of some steps (T', B, ...) at once."""
-    T, B = inputs.shape[:2]
-    rows = lambda x: x.reshape(T * B, *x.shape[2:])  # noqa: E731 - (T', B, ...) -> (T'*B, ...)
-    step_inputs, states = _step_rows(inputs, previous, step_mask)
-    arguments = [step_inputs, *(t.detach() for t in tensors), *states, rows(dys), *(rows(l) for l in lams)]
+    step_inputs, states, cotangents = _step_rows(inputs, previous, dys, lams, step_mask)
+    arguments = [step_inputs, *(t.detach() for t in tensors), *states, *cotangents]
     vjp = _rows_vjp(run, wanted, len(tensors))
     compiled = run.loop.compiled_pass(vjp, arguments, wanted, run.split)
     grads = iter(vjp(*arguments) if compiled is None else compiled(list(arguments)))
@@ -929,7 +928,7 @@ class _SavedValue:
     weight: Optional[int] = None
     whole_rows: bool = False  # contiguous, and its rows one after another: the steps' values are already (rows, ...)
 
-    def value(self, loop_run, tensors: Sequence[Tensor], part: slice, T: int) -> Tensor:
+    def value(self, loop_run, tensors: Sequence[Tensor], part: slice) -> Tensor:
         """Over the steps `part` of a run as (rows, ...), or the value itself; contiguous."""
         shape, stride, dtype = self.layout
         if self.weight is not None:
@@ -938,7 +937,7 @@ class _SavedValue:
         start = loop_run.starts[self.buffer] + self.offset + self.row  # step 0's, in row 1
         if not self.by_rows:
             return loop_run.arena.view(dtype).as_strided(shape, stride, start // dtype.itemsize).contiguous()
-        first, stop, _ = part.indices(T)
+        first, stop, _ = part.indices(loop_run.outputs[0].shape[0])  # of the run's T steps
         if self.whole_rows:
             return loop_run.arena.view(dtype).as_strided(((stop - first) * shape[0], *shape[1:]), stride, (start + first * self.row) // dtype.itemsize)
         steps = loop_run.arena.view(dtype).as_strided((stop - first, *shape), (self.row // dtype.itemsize, *stride), (start + first * self.row) // dtype.itemsize)
@@ -982,23 +981,20 @@ def _steps_backward_from_saved(run: _Recurrence, inputs: Tensor, previous, tenso
                                step_mask: Optional[Tensor], loop_run, part: slice, wanted) -> Optional[list[Optional[Tensor]]]:
     """`_steps_backward` without the step's forward (see above), or None: it runs as `_steps_backward` for this shape.
     The values saved at padding rows are what the step computed there from a zero input: their cotangents are zero."""
-    T, B = inputs.shape[:2]
-    rows = lambda x: x.reshape(T * B, *x.shape[2:]).contiguous()  # noqa: E731 - (T', B, ...) -> (T'*B, ...)
-    step_inputs, states = _step_rows(inputs, previous, step_mask)
+    step_inputs, states, cotangents = _step_rows(inputs, previous, dys, lams, step_mask)
     primals = [*(t.detach() for t in tensors), step_inputs.contiguous(), *(s.contiguous() for s in states)]
-    tangents = [rows(dys), *(rows(l) for l in lams)]
+    tangents = [c.contiguous() for c in cotangents]
     loop = run.loop
     key = (loop.cell.training, run.split is not None, tuple(wanted)) + tuple((a.shape, a.stride(), a.dtype, a.device) for a in [*primals, *tangents])
     if key not in loop.saved_passes:
         if loop.compiled_passes() >= COMPILED_PASSES:
             return None
-        loop.saved_passes[key] = _compile_gradient_half(run, primals, tangents, loop_run, part, B, wanted)
+        loop.saved_passes[key] = _compile_gradient_half(run, primals, tangents, loop_run, part, inputs.shape[1], wanted)
     built = loop.saved_passes[key]
     if built is None:
         return None
     call, where = built
-    steps = loop_run.outputs[0].shape[0]
-    gradients = iter(call([*primals, *(saved.value(loop_run, tensors, part, steps) for saved in where), *tangents]))
+    gradients = iter(call([*primals, *(saved.value(loop_run, tensors, part) for saved in where), *tangents]))
     found = [next(gradients) if want else None for want in wanted]
     if found[0] is not None:
         found[0] = found[0].reshape(inputs.shape)
@@ -1023,7 +1019,7 @@ def _compile_gradient_half(run: _Recurrence, primals: list[Tensor], tangents: li
         if where is None:
             logger.info("%s: the all-steps gradient pass computes the step's forward again (it needs a value the forward did not save)", who)
             return None
-        saved = [value.value(loop_run, primals[:n], part, loop_run.outputs[0].shape[0]) for value in where]
+        saved = [value.value(loop_run, primals[:n], part) for value in where]
         if any(value.shape != node.meta["val"].shape for value, node in zip(saved, cut[1])):
             return None
         call = _inductor_compile(cut[0], [*primals, *saved, *tangents])
