@@ -28,6 +28,7 @@ peak memory growth of one training step for each LSTM implementation in a fresh 
     python benchmarks/rnn_speed.py --quick        # B=1 and 32, H=256 only
     python benchmarks/rnn_speed.py --memory       # peak memory at B=32, T=1000, H=128
     python benchmarks/rnn_speed.py --cells        # fused GRU, ReLU SimpleRNN, LSTM variants against their loops
+    python benchmarks/rnn_speed.py --targets      # issue 3's ratio targets: ratios within each round, with intervals
 
 Add --hold-freed-memory to time it all with `ls.memory.hold_freed_memory()` in effect (glibc's
 malloc keeping freed memory, as the longshort command line has it); by default malloc is left
@@ -40,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -172,8 +174,8 @@ def native_switch(run) -> Iterator[None]:
         del os.environ["LONGSHORT_NATIVE"]
 
 
-def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, calling them in turn `repeats` times after one warm-up.
+def time_rounds(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each call of each function, calling them in turn `repeats` times after one warm-up.
 
     Each timed call follows an untimed call of the same function, as a layer follows itself in a
     training loop: a call right after another implementation's (a Python loop's above all) finds
@@ -187,7 +189,23 @@ def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int) -
             start = time.perf_counter()
             function()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed as `time_rounds` does."""
+    return {name: statistics.median(values) for name, values in time_rounds(functions, repeats).items()}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """Median over rounds of numerator[r] / denominator[r], and a 90% bootstrap interval of that median.
+
+    The two calls of a round are seconds apart, so a host that slows down for a while slows both:
+    the ratio within a round is steadier than the ratio of two medians taken over all rounds."""
+    ratios = [top / bottom for top, bottom in zip(numerator, denominator, strict=True)]
+    chance = random.Random(0)
+    medians = sorted(statistics.median(chance.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), medians[int(0.05 * resamples)], medians[int(0.95 * resamples) - 1]
 
 
 def gemm_gflops(point: Point, repeats: int = 200) -> float:
@@ -195,6 +213,14 @@ def gemm_gflops(point: Point, repeats: int = 200) -> float:
     a, b = torch.randn(point.batch, point.hidden), torch.randn(point.hidden, 4 * point.hidden)
     seconds = time_interleaved({"mm": lambda: torch.matmul(a, b)}, repeats)["mm"]
     return 2 * point.batch * point.hidden * 4 * point.hidden / seconds / 1e9
+
+
+def training_step(run, x: Tensor) -> Callable[[], None]:
+    """A training step of `run` as the benchmark times it: forward, loss = sum of all outputs, backward."""
+    def call():
+        with native_switch(run):
+            run(x).sum().backward()
+    return call
 
 
 def measure(point: Point, repeats: int) -> dict[str, dict[str, float]]:
@@ -211,14 +237,8 @@ def measure(point: Point, repeats: int) -> dict[str, dict[str, float]]:
                 run(x)
         return call
 
-    def training(run):
-        def call():
-            with native_switch(run):
-                run(x_grad).sum().backward()
-        return call
-
     forward_times = time_interleaved({name: forward(run) for name, run in runs.items()}, repeats)
-    training_times = time_interleaved({name: training(run) for name, run in runs.items()}, repeats)
+    training_times = time_interleaved({name: training_step(run, x_grad) for name, run in runs.items()}, repeats)
     compile_seconds = {name: run.compile_seconds for name, run in runs.items() if getattr(run, "compile_seconds", None)}
     return {"forward": forward_times, "training": training_times}, compile_seconds
 
@@ -303,6 +323,43 @@ def fused_versus_loop_table(repeats: int) -> list[str]:
     return rows
 
 
+TARGETS = {  # column: (numerator, denominator, the most issue 3 allows at B=1, at B >= 32)
+    "auto / torch": ("ls.LSTM (auto)", "torch.nn.LSTM", 1.05, 1.05),
+    "fused / torch": ("ls.LSTM (fused)", "torch.nn.LSTM", 2.5, 1.5),
+    "custom compiled / fused": ("custom cell (compiled)", "ls.LSTM (fused)", 2.0, 2.0),
+    "projected compiled / fused": ("projected cell (compiled)", "ls.LSTM (fused)", 2.0, 2.0),
+}
+
+
+def print_targets(grid: list[Point], repeats: int) -> None:
+    """Issue 3's ratio targets on the grid, training step, printed point by point: each ratio is the
+    median over rounds of the two calls' ratio within a round (`paired_ratio`), with its 90%
+    bootstrap interval; then a verdict per column: met where the median is at most the target at
+    every point, and 'met at every point's upper bound' where even the interval's top is."""
+    print("Issue 3's targets, training step: median over rounds of the ratio within a round, [90% bootstrap interval]\n")
+    print("| B, T, H=F | torch.nn.LSTM ms | " + " | ".join(TARGETS) + " |\n|---|---:|" + "---:|" * len(TARGETS))
+    print("| target (B=1 ; B >= 32) | | " + " | ".join(f"{at_one} ; {at_more}" for *_, at_one, at_more in TARGETS.values()) + " |")
+    worst = {column: (0.0, 0.0) for column in TARGETS}  # the most (median / target, upper bound / target) over the grid
+    for point in grid:
+        torch.manual_seed(0)
+        x = torch.randn(point.batch, point.time, point.hidden, requires_grad=True)
+        runs = implementations(point)
+        names = [name for name in runs if any(name in pair[:2] for pair in TARGETS.values())]
+        rounds = time_rounds({name: training_step(runs[name], x) for name in names}, repeats)
+        cells = []
+        for column, (numerator, denominator, at_one, at_more) in TARGETS.items():
+            middle, low, high = paired_ratio(rounds[numerator], rounds[denominator])
+            target = at_one if point.batch == 1 else at_more
+            worst[column] = (max(worst[column][0], middle / target), max(worst[column][1], high / target))
+            cells.append(f"{middle:.2f} [{low:.2f}-{high:.2f}]" + (" **over**" if middle > target else ""))
+        print(f"| {point.batch}, {point.time}, {point.hidden} | {statistics.median(rounds['torch.nn.LSTM']) * 1e3:.2f} | "
+              + " | ".join(cells) + " |", flush=True)
+    print()
+    for column, (middle, high) in worst.items():
+        verdict = "met at every point's upper bound" if high <= 1 else "met" if middle <= 1 else "not met"
+        print(f"{column}: {verdict} (the most, as a fraction of the target: median {middle:.2f}, upper bound {high:.2f})")
+
+
 def cpu_model() -> str:
     """The processor's name as /proc/cpuinfo gives it (the host under a cloud machine changes between runs)."""
     try:
@@ -326,6 +383,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--memory", action="store_true", help="peak memory at B=32, T=1000, H=128 only")
     parser.add_argument("--cells", action="store_true", help="fused GRU, ReLU SimpleRNN and LSTM variants against their loops (and torch) only")
+    parser.add_argument("--targets", action="store_true", help="issue 3's ratio targets on the grid, as paired ratios with intervals, only")
     parser.add_argument("--hold-freed-memory", action="store_true", help="time with ls.memory.hold_freed_memory() in effect")
     parser.add_argument("--memory-child", nargs=2, metavar=("NAME", "B,T,H"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -343,8 +401,11 @@ def main() -> None:
     if args.cells:
         print("\n".join(fused_versus_loop_table(args.repeats)))
         return
-
     grid = QUICK_GRID if args.quick else FULL_GRID
+    if args.targets:
+        print_targets(grid, args.repeats)
+        return
+
     jax = jax_times(grid, args.repeats)
     for point in grid:
         times, compile_seconds = measure(point, args.repeats)

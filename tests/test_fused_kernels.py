@@ -17,7 +17,8 @@ from torch.autograd import gradcheck
 import longshort as ls
 
 from longshort.fused_gru import gru_recurrence
-from longshort.fused_lstm import lstm_recurrence
+from longshort import projection
+from longshort.fused_lstm import lstm_layer, lstm_recurrence
 from longshort.fused_simple_rnn import simple_rnn_recurrence
 
 B, T, H = 3, 5, 4
@@ -182,6 +183,42 @@ def test_gradcheck(name, masked, dropped):
     inputs = make_inputs(KERNELS[name], seed=2)
     mask, r_mask = make_masks(masked, dropped)
     assert gradcheck(lambda *xs: run(name, "fused", xs, mask, r_mask), inputs)
+
+
+@MASKS
+@DROPOUT
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("time_major_rows", [False, True], ids=["x copied", "x read in place"])
+def test_the_lstm_kernel_projects_its_input_itself(masked, dropped, bias, time_major_rows):
+    """`lstm_layer(x, W_ih, b, ...)`, whose kernel computes p = x W_ih^T + b into its own buffer and
+    its gradients by hand (`longshort.projection`), against the autograd loop over F.linear(x, W_ih, b):
+    outputs and every input's gradient in float64, and gradcheck. x whose time-major rows are
+    contiguous (the output of a fused layer below) is read where it is; any other x is copied."""
+    g = torch.Generator().manual_seed(3)
+    features = 3
+    x_tm, weight_ih, bias_ih, h0, c0, weight_hh = (
+        (torch.randn(shape, generator=g, dtype=torch.float64) * 0.7).requires_grad_()
+        for shape in ((T, B, features), (4 * H, features), (4 * H,), (B, H), (B, H), (4 * H, H)))
+    x = x_tm.transpose(0, 1) if time_major_rows else x_tm.transpose(0, 1).contiguous()  # (B, T, F)
+    inputs = [x_tm, weight_ih, h0, c0, weight_hh] + ([bias_ih] if bias else [])
+    mask, r_mask = make_masks(masked, dropped)
+
+    def fused(x_tm, weight_ih, h0, c0, weight_hh, bias_ih=None):
+        x = x_tm.transpose(0, 1) if time_major_rows else x_tm.transpose(0, 1).contiguous()
+        y, h, c = lstm_layer(x, weight_ih, bias_ih, (h0, c0), weight_hh, mask, r_mask)
+        return y.transpose(0, 1), h, c
+
+    def reference(x_tm, weight_ih, h0, c0, weight_hh, bias_ih=None):
+        return lstm_reference(F.linear(x_tm.transpose(0, 1), weight_ih, bias_ih), h0, c0, weight_hh, mask, r_mask)
+
+    got, want = fused(*inputs), reference(*inputs)
+    assert_close_all(got, want, 1e-12)
+    upstream = [torch.randn_like(o) for o in want]
+    assert_close_all(grads(got, inputs, upstream), grads(want, inputs, upstream), 1e-12)
+    assert gradcheck(fused, inputs)
+    with torch.no_grad():  # as inside the kernel's forward
+        _, rows = projection.project(x, weight_ih, bias_ih if bias else None)
+    assert (rows.data_ptr() == x_tm.data_ptr()) == time_major_rows
 
 
 @ALL_KERNELS

@@ -80,7 +80,7 @@ from longshort._lazy import LazyInput, check_size
 from longshort._validate import check_flag
 from longshort.activations import ActivationSpec, get_activation
 from longshort.fused_gru import gru_recurrence
-from longshort.fused_lstm import lstm_recurrence
+from longshort.fused_lstm import lstm_layer
 from longshort.fused_lstm_variants import LayerNormWeights, ZoneoutKeep, lstm_variant_recurrence
 from longshort.fused_simple_rnn import simple_rnn_recurrence
 from longshort.rnn import flatten_state, map_state
@@ -451,14 +451,15 @@ class LSTMCell(Cell):
 
     def run_fused(self, x: Tensor, state: LSTMState, mask: Optional[Tensor]):
         h0, c0 = state
-        p = self.time_major_input(x)  # (T, B, 4H), bias included
+        dropped = self._variational_dropout(x, "input")  # the input mask drawn first, as in the loop
         recurrent_mask = self.dropout_mask("recurrent", h0)
-        zoneout = self.zoneout_keep(p.shape[0], h0)  # drawn after the dropout masks, as in the loop
+        zoneout = self.zoneout_keep(x.shape[1], h0)  # drawn after the dropout masks, as in the loop
         peephole = (self.weight_ci, self.weight_cf, self.weight_co) if self.peephole else None
         layer_norm = self.layer_norm_weights()
         if peephole is None and layer_norm is None and zoneout is None:  # the plain LSTM: its own kernel is faster
-            y, h, c = lstm_recurrence(p, (h0, c0), self.weight_hh, mask, recurrent_mask, time_major=True)
+            y, h, c = lstm_layer(dropped, self.weight_ih, self.bias, (h0, c0), self.weight_hh, mask, recurrent_mask)
         else:
+            p = self.time_major_input(x)  # (T, B, 4H), bias included; with the input mask drawn above
             y, h, c = lstm_variant_recurrence(p, (h0, c0), self.weight_hh, peephole=peephole, layer_norm=layer_norm,
                                               zoneout=zoneout, step_mask=mask, recurrent_mask=recurrent_mask)
         y = y.transpose(0, 1)  # (B, T, H)

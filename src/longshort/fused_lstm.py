@@ -1,8 +1,9 @@
 """The fused LSTM: a loop over time that does only the recurrent matmul and the gate math,
 and a backward-through-time written by hand.
 
-Forward. The input side `p_t = W_ih x_t + b` of every step comes in precomputed
-(one matmul for the whole sequence, `Cell.project_input`); then for t = 1..T:
+Forward. The input side `p_t = W_ih x_t + b` of every step is one matmul for the whole
+sequence: computed by the kernel straight into the buffer of its gates (`lstm_layer`, as the
+LSTM layers call it; `longshort.projection`), or given (`lstm_recurrence`); then for t = 1..T:
 
     z = p_t + h_prev W_hh^T                      (B, 4H), one addmm
     i, f = sigmoid(z_i, z_f)                     in-place sigmoid
@@ -30,8 +31,8 @@ dL/dy_{t-1} (one addmm).
 Every factor that does not depend on dh or dc (`g i (1 - i)`, `c_prev f (1 - f)`,
 `i (1 - g^2)`, `tanh(c) o (1 - o)`, `o (1 - tanh(c)^2)`) is computed for all steps at once
 before the reverse loop, so a step does one matmul and a few elementwise ops. `dW_hh`
-is one matmul over all steps after the loop; `dW_ih`, `db` and `dx` follow from `dp` by
-autograd through the input projection, one matmul each.
+is one matmul over all steps after the loop; `dW_ih`, `db` and `dx` follow from `dp`, one
+matmul each (by hand in `longshort.projection`; given p, by autograd through what made it).
 
 Masks. With m_t in {0, 1} per sequence, the carried state is `h_t = m h_new + (1 - m) h_prev`
 (likewise c) and the output is `y_t = m h_new`. So the gradient into the step is
@@ -70,38 +71,45 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort import workspace
+from longshort import projection, workspace
 from longshort.native import LoopKernels, address, forward_weight, loops_for, loop_threads, weight_layout
 
 
 class LSTMRecurrence(torch.autograd.Function):
-    """Time-major: p (T, B, 4H), h0, c0 (B, H), weight_hh (4H, H), step_mask (B, T) -> y (T, B, H), h_T, c_T."""
+    """Time-major: p (T, B, 4H), h0, c0 (B, H), weight_hh (4H, H), step_mask (B, T) -> y (T, B, H), h_T, c_T.
+
+    With `weight_ih` (4H, F) (and `bias`), its first input is x (B, T, F) instead, and it computes
+    p = x W_ih^T + b itself, straight into the buffer of its gates (`longshort.projection`)."""
 
     @staticmethod
-    def forward(ctx, p, h0, c0, weight_hh, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
-        T, B, four_h = p.shape
-        H = four_h // 4
+    def forward(ctx, inputs, weight_ih: Optional[Tensor], bias: Optional[Tensor], h0, c0, weight_hh,
+                step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
-        z_all = workspace.empty(p, T, B, four_h).copy_(p)  # (T, B, 4H), becomes the activated gates
-        h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
-        c_all = workspace.empty(p, T + 1, B, H)
+        if weight_ih is None:
+            z_all, rows = workspace.empty(inputs, *inputs.shape).copy_(inputs), None  # (T, B, 4H), becomes the activated gates
+        else:
+            z_all, rows = projection.project(inputs, weight_ih, bias)  # the same, from x (B, T, F)
+        T, B, four_h = z_all.shape
+        H = four_h // 4
+        h_all = workspace.empty(z_all, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
+        c_all = workspace.empty(z_all, T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
-        tanh_c_all = workspace.empty(p, T, B, H)  # tanh(c) of every step, kept for the backward
+        tanh_c_all = workspace.empty(z_all, T, B, H)  # tanh(c) of every step, kept for the backward
         masks = None if step_mask is None else step_mask.transpose(0, 1).contiguous()  # (T, B) bool
-        kernels = loops_for(p)
+        kernels = loops_for(z_all)
         with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
             steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
             steps(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask)
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks.unsqueeze(-1)
-        ctx.save_for_backward(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask)
+        ctx.save_for_backward(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, rows, weight_ih)
         return y, h_all[T].clone(), c_all[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
-        z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask = ctx.saved_tensors
+        z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, rows, weight_ih = ctx.saved_tensors
         T, B, four_h = z_all.shape
         H = four_h // 4
         dz_all = workspace.empty(z_all, T, B, four_h)  # (T, B, 4H)
@@ -120,7 +128,10 @@ class LSTMRecurrence(torch.autograd.Function):
             dc = steps(z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all)
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
-        return dz_all, dh_outs[0], dc, dweight_hh, None, None
+        if weight_ih is None:
+            return dz_all, None, None, dh_outs[0], dc, dweight_hh, None, None
+        dx, dweight_ih, dbias = projection.project_backward(dz_all, rows, weight_ih, ctx.needs_input_grad[:3])
+        return dx, dweight_ih, dbias, dh_outs[0], dc, dweight_hh, None, None
 
 
 def _in_step_layout(weight_hh: Tensor, batch: int) -> Tensor:
@@ -244,6 +255,21 @@ def lstm_recurrence(
     """
     h0, c0 = state
     if time_major:
-        return LSTMRecurrence.apply(p, h0, c0, weight_hh, step_mask, recurrent_mask)
-    y, h, c = LSTMRecurrence.apply(p.transpose(0, 1), h0, c0, weight_hh, step_mask, recurrent_mask)
+        return LSTMRecurrence.apply(p, None, None, h0, c0, weight_hh, step_mask, recurrent_mask)
+    y, h, c = LSTMRecurrence.apply(p.transpose(0, 1), None, None, h0, c0, weight_hh, step_mask, recurrent_mask)
     return y.transpose(0, 1), h, c
+
+
+def lstm_layer(
+    x: Tensor,
+    weight_ih: Tensor,
+    bias: Optional[Tensor],
+    state: tuple[Tensor, Tensor],
+    weight_hh: Tensor,
+    step_mask: Optional[Tensor] = None,
+    recurrent_mask: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`lstm_recurrence` of x (B, T, F) with its input side p = x W_ih^T + b computed by the kernel
+    (`longshort.projection`): y (T, B, H) time-major, and the final carried h, c."""
+    h0, c0 = state
+    return LSTMRecurrence.apply(x, weight_ih, bias, h0, c0, weight_hh, step_mask, recurrent_mask)
