@@ -16,7 +16,7 @@ from torch.autograd import gradcheck
 
 import longshort as ls
 
-from longshort.fused_gru import gru_recurrence
+from longshort.fused_gru import gru_layer, gru_recurrence
 from longshort import projection
 from longshort.fused_lstm import lstm_layer, lstm_recurrence
 from longshort.fused_simple_rnn import simple_rnn_recurrence
@@ -185,40 +185,57 @@ def test_gradcheck(name, masked, dropped):
     assert gradcheck(lambda *xs: run(name, "fused", xs, mask, r_mask), inputs)
 
 
+# layer: (the kernel that projects x itself, given (x, W_ih, b_ih, h0, c0 or None, W_hh, b_hh or None, masks) -> (y time-major, *states),
+#         the autograd loop over p = F.linear(x, W_ih, b_ih), gates, states)
+LAYERS = {
+    "lstm": (lambda x, w, b, h, c, whh, bhh, m, r: lstm_layer(x, w, b, (h, c), whh, m, r),
+             lambda p, h, c, whh, bhh, m, r: lstm_reference(p, h, c, whh, m, r), 4, 2),
+    "gru": (lambda x, w, b, h, c, whh, bhh, m, r: gru_layer(x, w, b, h, whh, bhh, m, r),
+            lambda p, h, c, whh, bhh, m, r: gru_reference(p, h, whh, bhh, m, r), 3, 1),
+}
+
+
 @MASKS
 @DROPOUT
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("time_major_rows", [False, True], ids=["x copied", "x read in place"])
-def test_the_lstm_kernel_projects_its_input_itself(masked, dropped, bias, time_major_rows):
-    """`lstm_layer(x, W_ih, b, ...)`, whose kernel computes p = x W_ih^T + b into its own buffer and
-    its gradients by hand (`longshort.projection`), against the autograd loop over F.linear(x, W_ih, b):
-    outputs and every input's gradient in float64, and gradcheck. x whose time-major rows are
-    contiguous (the output of a fused layer below) is read where it is; any other x is copied."""
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_the_kernel_projects_its_input_itself(layer, masked, dropped, bias, time_major_rows):
+    """`lstm_layer(x, W_ih, b, ...)` and `gru_layer`, whose kernels compute p = x W_ih^T + b into a
+    buffer of their own and its gradients by hand (`longshort.projection`), against the autograd
+    loop over F.linear(x, W_ih, b): outputs and every input's gradient in float64, and gradcheck.
+    x whose time-major rows are contiguous (the output of a fused layer below) is read where it
+    is; any other x is copied."""
+    fused_layer, reference_layer, gates, states = LAYERS[layer]
     g = torch.Generator().manual_seed(3)
     features = 3
-    x_tm, weight_ih, bias_ih, h0, c0, weight_hh = (
-        (torch.randn(shape, generator=g, dtype=torch.float64) * 0.7).requires_grad_()
-        for shape in ((T, B, features), (4 * H, features), (4 * H,), (B, H), (B, H), (4 * H, H)))
-    x = x_tm.transpose(0, 1) if time_major_rows else x_tm.transpose(0, 1).contiguous()  # (B, T, F)
-    inputs = [x_tm, weight_ih, h0, c0, weight_hh] + ([bias_ih] if bias else [])
+    shapes = [(T, B, features), (gates * H, features), (B, H)] + [(B, H)] * (states - 1) + [(gates * H, H)]
+    shapes += [(gates * H,)] * (2 if layer == "gru" else 1) if bias else []  # b_ih, and b_hh for the GRU
+    inputs = [(torch.randn(shape, generator=g, dtype=torch.float64) * 0.7).requires_grad_() for shape in shapes]
     mask, r_mask = make_masks(masked, dropped)
 
-    def fused(x_tm, weight_ih, h0, c0, weight_hh, bias_ih=None):
+    def unpack(x_tm, weight_ih, h0, *rest):
+        """(x (B, T, F) as `time_major_rows` says, W_ih, b_ih, h0, c0, W_hh, b_hh)."""
+        c0 = rest[0] if states == 2 else None
+        weight_hh, *biases = rest[states - 1:]
+        bias_ih, bias_hh = (biases + [None, None])[:2]
         x = x_tm.transpose(0, 1) if time_major_rows else x_tm.transpose(0, 1).contiguous()
-        y, h, c = lstm_layer(x, weight_ih, bias_ih, (h0, c0), weight_hh, mask, r_mask)
-        return y.transpose(0, 1), h, c
+        return x, weight_ih, bias_ih, h0, c0, weight_hh, bias_hh
 
-    def reference(x_tm, weight_ih, h0, c0, weight_hh, bias_ih=None):
-        return lstm_reference(F.linear(x_tm.transpose(0, 1), weight_ih, bias_ih), h0, c0, weight_hh, mask, r_mask)
+    def fused(*tensors):
+        y, *final = fused_layer(*unpack(*tensors), mask, r_mask)
+        return (y.transpose(0, 1), *final)
+
+    def reference(*tensors):
+        x, weight_ih, bias_ih, *recurrence = unpack(*tensors)
+        return reference_layer(F.linear(x, weight_ih, bias_ih), *recurrence, mask, r_mask)
 
     got, want = fused(*inputs), reference(*inputs)
     assert_close_all(got, want, 1e-12)
     upstream = [torch.randn_like(o) for o in want]
     assert_close_all(grads(got, inputs, upstream), grads(want, inputs, upstream), 1e-12)
     assert gradcheck(fused, inputs)
-    with torch.no_grad():  # as inside the kernel's forward
-        _, rows = projection.project(x, weight_ih, bias_ih if bias else None)
-    assert (rows.data_ptr() == x_tm.data_ptr()) == time_major_rows
+    assert (projection.time_major_rows(unpack(*inputs)[0]).data_ptr() == inputs[0].data_ptr()) == time_major_rows
 
 
 @ALL_KERNELS

@@ -79,7 +79,7 @@ from torch import Tensor, nn
 from longshort._lazy import LazyInput, check_size
 from longshort._validate import check_flag
 from longshort.activations import ActivationSpec, get_activation
-from longshort.fused_gru import gru_recurrence
+from longshort.fused_gru import gru_layer
 from longshort.fused_lstm import lstm_layer
 from longshort.fused_lstm_variants import LayerNormWeights, ZoneoutKeep, lstm_variant_recurrence
 from longshort.fused_simple_rnn import simple_rnn_recurrence
@@ -541,8 +541,8 @@ class GRUCell(Cell):
         return [self.bias_ih, self.bias_hh]
 
     def run_fused(self, x: Tensor, h0: Tensor, mask: Optional[Tensor]):
-        p = self.time_major_input(x)  # (T, B, 3H)
-        y, h = gru_recurrence(p, h0, self.weight_hh, self.bias_hh, mask, self.dropout_mask("recurrent", h0), time_major=True)
+        x = self._variational_dropout(x, "input")  # the input mask drawn first, as in the loop
+        y, h = gru_layer(x, self.weight_ih, self.bias_ih, h0, self.weight_hh, self.bias_hh, mask, self.dropout_mask("recurrent", h0))
         return y.transpose(0, 1), _last(h, mask), h  # y (B, T, H)
 
 

@@ -1,8 +1,9 @@
 """The fused GRU: a loop over time that does only the recurrent matmul and the gate math,
 and a backward-through-time written by hand.
 
-Forward. The input side `p_t = W_ih x_t + b_ih` of every step comes in precomputed
-(one matmul for the whole sequence, `Cell.project_input`); then for t = 1..T:
+Forward. The input side `p_t = W_ih x_t + b_ih` of every step is one matmul for the whole
+sequence: computed by the kernel into a kept buffer (`gru_layer`, as the GRU layer calls it;
+`longshort.projection`), or given (`gru_recurrence`); then for t = 1..T:
 
     q = h_prev W_hh^T + b_hh                     (B, 3H), one addmm
     r, z = sigmoid(p_r + q_r, p_z + q_z)         one in-place sigmoid
@@ -35,7 +36,8 @@ The factors are computed for all steps at once before the reverse loop, so a ste
 one in-place mul (the factors become dq), one addcmul (dh z) and one addmm (dq W_hh), the
 last two adding into the slot that already holds dy_{t-1}. `dW_hh`, `db_hh` and `da_n`
 (from the kept dh of every step) are one op each over all steps after the loop; `dW_ih`,
-`db_ih` and `dx` follow from `dp` by autograd through the input projection.
+`db_ih` and `dx` follow from `dp`, one matmul each (by hand in `longshort.projection`; given p,
+by autograd through what made it).
 
 Masks. With m_t in {0, 1} per sequence, a masked step is a step whose update gate is shut:
 with z = 1, h = h_prev exactly (lerp returns its end point at weight 1), and every factor
@@ -74,17 +76,22 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort import workspace
+from longshort import projection, workspace
 from longshort.native import LoopKernels, address, forward_weight, loops_for, loop_threads, weight_layout
 
 
 class GRURecurrence(torch.autograd.Function):
-    """Time-major: p (T, B, 3H), h0 (B, H), weight_hh (3H, H), bias_hh (3H,) or None, step_mask (B, T) -> y (T, B, H), h_T."""
+    """Time-major: p (T, B, 3H), h0 (B, H), weight_hh (3H, H), bias_hh (3H,) or None, step_mask (B, T) -> y (T, B, H), h_T.
+
+    With `weight_ih` (3H, F) (and `bias_ih`), its first input is x (B, T, F) instead, and it
+    computes p = x W_ih^T + b_ih itself, into a kept buffer (`longshort.projection`)."""
 
     @staticmethod
-    def forward(ctx, p, h0, weight_hh, bias_hh, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
+    def forward(ctx, inputs, weight_ih: Optional[Tensor], bias_ih: Optional[Tensor], h0, weight_hh, bias_hh,
+                step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         ctx.set_materialize_grads(False)
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
+        p = inputs if weight_ih is None else projection.project(inputs, weight_ih, bias_ih)  # (T, B, 3H)
         T, B, three_h = p.shape
         H = three_h // 3
         n = workspace.empty(p, T, B, H).copy_(p[..., 2 * H :])  # (T, B, H) p_n, becomes n
@@ -111,14 +118,15 @@ class GRURecurrence(torch.autograd.Function):
         y = h_all[1:]  # (T, B, H)
         if step_mask is not None:
             y = y * step_mask.T.unsqueeze(-1)
-        ctx.save_for_backward(rzq, n, h_all, weight_hh, step_mask, recurrent_mask)
+        x = None if weight_ih is None else inputs  # its rows are taken again in the backward
+        ctx.save_for_backward(rzq, n, h_all, weight_hh, step_mask, recurrent_mask, x, weight_ih)
         ctx.has_bias = bias_hh is not None
         return y, h_all[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_T):
-        rzq, n, h_all, weight_hh, step_mask, recurrent_mask = ctx.saved_tensors
+        rzq, n, h_all, weight_hh, step_mask, recurrent_mask, x, weight_ih = ctx.saved_tensors
         T, B, three_h = rzq.shape
         H = three_h // 3
         r, z, q_n = rzq.split(H, dim=2)  # each (T, B, H)
@@ -150,7 +158,10 @@ class GRURecurrence(torch.autograd.Function):
         dweight_hh = dq_all.reshape(T * B, three_h).T @ h_in.reshape(T * B, H)  # (3H, H)
         dbias_hh = dq_all.sum(dim=(0, 1)) if ctx.has_bias else None  # (3H,)
         torch.mul(dh_all[1:], da_n_per_dh, out=dq_n)  # dq_n -> da_n: dq_all is now dp (T, B, 3H)
-        return dq_all, dh_all[0], dweight_hh, dbias_hh, None, None
+        if weight_ih is None:
+            return dq_all, None, None, dh_all[0], dweight_hh, dbias_hh, None, None
+        dx, dweight_ih, dbias_ih = projection.project_backward(dq_all, x, weight_ih, ctx.needs_input_grad[:3])
+        return dx, dweight_ih, dbias_ih, dh_all[0], dweight_hh, dbias_hh, None, None
 
 
 # The loops. The torch-ops versions are the reference; where longshort.native builds
@@ -226,6 +237,21 @@ def gru_recurrence(
     so this spares reading p across its rows forward and a copy of its gradient backward.
     """
     if time_major:
-        return GRURecurrence.apply(p, h0, weight_hh, bias_hh, step_mask, recurrent_mask)
-    y, h = GRURecurrence.apply(p.transpose(0, 1), h0, weight_hh, bias_hh, step_mask, recurrent_mask)
+        return GRURecurrence.apply(p, None, None, h0, weight_hh, bias_hh, step_mask, recurrent_mask)
+    y, h = GRURecurrence.apply(p.transpose(0, 1), None, None, h0, weight_hh, bias_hh, step_mask, recurrent_mask)
     return y.transpose(0, 1), h
+
+
+def gru_layer(
+    x: Tensor,
+    weight_ih: Tensor,
+    bias_ih: Optional[Tensor],
+    h0: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Optional[Tensor] = None,
+    step_mask: Optional[Tensor] = None,
+    recurrent_mask: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """`gru_recurrence` of x (B, T, F) with its input side p = x W_ih^T + b_ih computed by the kernel
+    (`longshort.projection`): y (T, B, H) time-major, and the final carried h."""
+    return GRURecurrence.apply(x, weight_ih, bias_ih, h0, weight_hh, bias_hh, step_mask, recurrent_mask)

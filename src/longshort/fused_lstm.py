@@ -86,9 +86,9 @@ class LSTMRecurrence(torch.autograd.Function):
                 step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
         if weight_ih is None:
-            z_all, rows = workspace.empty(inputs, *inputs.shape).copy_(inputs), None  # (T, B, 4H), becomes the activated gates
+            z_all = workspace.empty(inputs, *inputs.shape).copy_(inputs)  # (T, B, 4H), becomes the activated gates
         else:
-            z_all, rows = projection.project(inputs, weight_ih, bias)  # the same, from x (B, T, F)
+            z_all = projection.project(inputs, weight_ih, bias)  # the same, from x (B, T, F)
         T, B, four_h = z_all.shape
         H = four_h // 4
         h_all = workspace.empty(z_all, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
@@ -103,13 +103,14 @@ class LSTMRecurrence(torch.autograd.Function):
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks.unsqueeze(-1)
-        ctx.save_for_backward(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, rows, weight_ih)
+        x = None if weight_ih is None else inputs  # its rows are taken again in the backward
+        ctx.save_for_backward(z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, x, weight_ih)
         return y, h_all[T].clone(), c_all[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
-        z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, rows, weight_ih = ctx.saved_tensors
+        z_all, h_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, x, weight_ih = ctx.saved_tensors
         T, B, four_h = z_all.shape
         H = four_h // 4
         dz_all = workspace.empty(z_all, T, B, four_h)  # (T, B, 4H)
@@ -130,7 +131,7 @@ class LSTMRecurrence(torch.autograd.Function):
         dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
         if weight_ih is None:
             return dz_all, None, None, dh_outs[0], dc, dweight_hh, None, None
-        dx, dweight_ih, dbias = projection.project_backward(dz_all, rows, weight_ih, ctx.needs_input_grad[:3])
+        dx, dweight_ih, dbias = projection.project_backward(dz_all, x, weight_ih, ctx.needs_input_grad[:3])
         return dx, dweight_ih, dbias, dh_outs[0], dc, dweight_hh, None, None
 
 

@@ -1,5 +1,6 @@
 """The input side of a fused kernel, every step at once: p = x W^T + b, time-major, written
-straight into a buffer the kernel keeps (`longshort.workspace`) and turns into its gates in place.
+straight into a buffer kept between calls (`longshort.workspace`), which the LSTM's kernel turns
+into its gates in place and the GRU's reads into its own.
 
 Through autograd (`F.linear` of x transposed) the same product costs more at large shapes: its
 output is a new block of T*B*G numbers, whose pages fault in on their first write (glibc's malloc
@@ -7,7 +8,7 @@ gives a freed block above 32 MiB back to the OS), and the kernel then copies it 
 buffer. At B=128, T=100, F=512, G=2048 the product alone took 322 ms that way and 229 ms into a
 kept buffer; at B=32, T=1000, F=128, G=512, 92 ms and 44.
 
-Backward, from dp (T, B, G), rows of x time-major (T, B, F):
+Backward, from dp (T, B, G), with x's rows taken time-major (T, B, F) again:
 
     p = x W^T + b   ->   dx = dp W,   dW = dp^T x,   db = the sum of dp over all rows
 
@@ -24,32 +25,34 @@ from torch import Tensor
 from longshort import workspace
 
 
-def project(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """x (B, T, F) -> (p (T, B, G) in a kept buffer, x's rows time-major (T, B, F) for the backward).
+def time_major_rows(x: Tensor) -> Tensor:
+    """x (B, T, F) as rows time-major (T, B, F): a view of x where they are contiguous already (x the
+    transposed output of a fused layer below), else a copy. The copy is made again in the backward
+    rather than kept between the passes, and from malloc rather than kept between calls: either
+    way, a copy T*B*F large held on to raised the peak memory of a training step at B=32, T=1000,
+    H=F=128 from 222 MiB to 238."""
+    return x.transpose(0, 1).contiguous()  # (T, B, F)
 
-    The rows are a view of x where they are contiguous already (x the transposed output of a fused
-    layer below), else a copy in a kept buffer."""
-    B, T, F = x.shape
-    rows = x.transpose(0, 1)  # (T, B, F)
-    if not rows.is_contiguous():
-        rows = workspace.empty(x, T, B, F).copy_(rows)
+
+def project(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """x (B, T, F) -> p = x W^T + b (T, B, G), in a kept buffer."""
+    rows = time_major_rows(x)
+    T, B, F = rows.shape
     p = workspace.empty(x, T, B, weight.shape[0])  # (T, B, G)
     if bias is None:
         torch.mm(rows.view(T * B, F), weight.t(), out=p.view(T * B, -1))
     else:
         torch.addmm(bias, rows.view(T * B, F), weight.t(), out=p.view(T * B, -1))
-    return p, rows
+    return p
 
 
 def project_backward(
-    dp: Tensor, rows: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
+    dp: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
 ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """dp (T, B, G), the rows `project` kept -> dx (B, T, F), dW (G, F), db (G), each where `needs` says."""
+    """dp (T, B, G), x (B, T, F) -> dx (B, T, F), dW (G, F), db (G), each where `needs` says."""
     T, B, G = dp.shape
     dp_rows = dp.view(T * B, G)
-    dx = None
-    if needs[0]:  # a kept buffer too: it is used again once autograd or x.grad lets go of it
-        dx = torch.mm(dp_rows, weight, out=workspace.empty(dp, T * B, weight.shape[1])).view(T, B, -1).transpose(0, 1)  # (B, T, F)
-    dweight = dp_rows.T @ rows.view(T * B, -1) if needs[1] else None  # (G, F)
+    dx = (dp_rows @ weight).view(T, B, -1).transpose(0, 1) if needs[0] else None  # (B, T, F)
+    dweight = dp_rows.T @ time_major_rows(x).view(T * B, -1) if needs[1] else None  # (G, F)
     dbias = dp_rows.sum(0) if needs[2] else None  # (G,)
     return dx, dweight, dbias
