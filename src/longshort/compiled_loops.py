@@ -54,9 +54,12 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from longshort import workspace
+
 Call = Callable[[list[Tensor]], Sequence[Tensor]]
 Place = tuple[str, int, int]  # ("input", k, byte offset) into the wrapper's k-th input, or ("buffer", j, offset) into its j-th allocation
 ROW_ALIGNMENT = 64  # bytes: every row of an array starts where a fresh allocation would
+_BYTES = torch.empty(0, dtype=torch.uint8)  # what an arena is made like
 
 
 class Unsupported(Exception):
@@ -282,7 +285,10 @@ def _row_bytes(nbytes: int) -> int:
 class Arena:
     """A loop's own memory, one allocation a run: the T + 1 rows of each buffer the step returns
     (`rows`: buffer j -> bytes a row), one array after another, then each scratch buffer once
-    (`scratch`: buffer j -> bytes, aligned). A buffer is one or the other, so j names its place."""
+    (`scratch`: buffer j -> bytes, aligned). A buffer is one or the other, so j names its place.
+    The allocation comes from `longshort.workspace`, as the fused kernels' buffers do: an arena
+    holds everything the step saves, for an LSTM cell at B=32, T=1000, H=128 94 MiB forward and
+    31 backward, and a new one faulted all its pages in again every call."""
 
     rows: dict[int, int]
     scratch: dict[int, int]
@@ -294,7 +300,7 @@ class Arena:
             starts[j], end = end, end + (T + 1) * row
         for j, size in self.scratch.items():
             starts[j], end = end, end + size
-        return torch.empty(max(end, 1), dtype=torch.uint8), starts
+        return workspace.empty(_BYTES, max(end, 1)), starts
 
 
 @dataclass
