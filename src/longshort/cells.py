@@ -451,15 +451,15 @@ class LSTMCell(Cell):
 
     def run_fused(self, x: Tensor, state: LSTMState, mask: Optional[Tensor]):
         h0, c0 = state
-        dropped = self._variational_dropout(x, "input")  # the input mask drawn first, as in the loop
+        self.dropout_mask("input", x)  # drawn first, as in the loop; both branches below apply it
         recurrent_mask = self.dropout_mask("recurrent", h0)
         zoneout = self.zoneout_keep(x.shape[1], h0)  # drawn after the dropout masks, as in the loop
         peephole = (self.weight_ci, self.weight_cf, self.weight_co) if self.peephole else None
         layer_norm = self.layer_norm_weights()
         if peephole is None and layer_norm is None and zoneout is None:  # the plain LSTM: its own kernel is faster
-            y, h, c = lstm_layer(dropped, self.weight_ih, self.bias, (h0, c0), self.weight_hh, mask, recurrent_mask)
+            y, h, c = lstm_layer(self._variational_dropout(x, "input"), self.weight_ih, self.bias, (h0, c0), self.weight_hh, mask, recurrent_mask)
         else:
-            p = self.time_major_input(x)  # (T, B, 4H), bias included; with the input mask drawn above
+            p = self.time_major_input(x)  # (T, B, 4H), bias included
             y, h, c = lstm_variant_recurrence(p, (h0, c0), self.weight_hh, peephole=peephole, layer_norm=layer_norm,
                                               zoneout=zoneout, step_mask=mask, recurrent_mask=recurrent_mask)
         y = y.transpose(0, 1)  # (B, T, H)

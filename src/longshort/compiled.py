@@ -252,7 +252,7 @@ class CompiledLoop:
     # -- tracing and compiling ------------------------------------------------------------------
     def _compiled_step(self, tensors: Sequence[Tensor], input_t: Tensor, state, split: Optional["_InputSplit"]) -> CompiledStep:
         leaves = flatten_state(state)
-        key = (self.cell.training, split is not None) + tuple((t.shape, t.stride(), t.dtype, t.device) for t in (*tensors, input_t, *leaves))
+        key = self.shape_key(split, (*tensors, input_t, *leaves))
         if key not in self.steps:
             small = input_t.shape[0] <= MATRIX_VECTOR_ROWS
             compiled = self._trace_and_compile(tensors, input_t, state, split, reductions=small and not _step_loops_buildable())
@@ -266,6 +266,11 @@ class CompiledLoop:
                         tuple(input_t.shape), compiled.seconds)
         return self.steps[key]
 
+    def shape_key(self, split: Optional["_InputSplit"], tensors: Sequence[Tensor], *extra) -> tuple:
+        """What a piece compiled for this layer is kept under: train or eval mode, whether the step is
+        split at its input side, `extra`, and each tensor's shape, strides, dtype and device."""
+        return (self.cell.training, split is not None, *extra) + tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+
     def compiled_passes(self) -> int:
         """How many shapes of the all-steps gradient pass this layer has compiled, of either kind."""
         return len(self.passes) + sum(built is not None for built in self.saved_passes.values())
@@ -276,7 +281,7 @@ class CompiledLoop:
         (more than `COMPILED_PASSES` shapes already, or it could not be traced)."""
         # Splits are kept per batch size; this pass runs a split's recur half over T * B rows, which works
         # only where that half does not depend on the batch size, so batch sizes with the same rows share it.
-        key = (self.cell.training, split is not None, tuple(wanted)) + tuple((a.shape, a.stride(), a.dtype, a.device) for a in arguments)
+        key = self.shape_key(split, arguments, tuple(wanted))
         if key not in self.passes:
             if self.compiled_passes() >= COMPILED_PASSES:
                 return None
@@ -985,7 +990,7 @@ def _steps_backward_from_saved(run: _Recurrence, inputs: Tensor, previous, tenso
     primals = [*(t.detach() for t in tensors), step_inputs.contiguous(), *(s.contiguous() for s in states)]
     tangents = [c.contiguous() for c in cotangents]
     loop = run.loop
-    key = (loop.cell.training, run.split is not None, tuple(wanted)) + tuple((a.shape, a.stride(), a.dtype, a.device) for a in [*primals, *tangents])
+    key = loop.shape_key(run.split, [*primals, *tangents], tuple(wanted))
     if key not in loop.saved_passes:
         if loop.compiled_passes() >= COMPILED_PASSES:
             return None

@@ -158,10 +158,8 @@ class GRURecurrence(torch.autograd.Function):
         dweight_hh = dq_all.reshape(T * B, three_h).T @ h_in.reshape(T * B, H)  # (3H, H)
         dbias_hh = dq_all.sum(dim=(0, 1)) if ctx.has_bias else None  # (3H,)
         torch.mul(dh_all[1:], da_n_per_dh, out=dq_n)  # dq_n -> da_n: dq_all is now dp (T, B, 3H)
-        if weight_ih is None:
-            return dq_all, None, None, dh_all[0], dweight_hh, dbias_hh, None, None
-        dx, dweight_ih, dbias_ih = projection.project_backward(dq_all, x, weight_ih, ctx.needs_input_grad[:3])
-        return dx, dweight_ih, dbias_ih, dh_all[0], dweight_hh, dbias_hh, None, None
+        inputs_grads = projection.input_gradients(dq_all, x, weight_ih, ctx.needs_input_grad[:3])  # d(p or x), dW_ih, db_ih
+        return *inputs_grads, dh_all[0], dweight_hh, dbias_hh, None, None
 
 
 # The loops. The torch-ops versions are the reference; where longshort.native builds

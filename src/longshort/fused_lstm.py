@@ -129,10 +129,8 @@ class LSTMRecurrence(torch.autograd.Function):
             dc = steps(z_all, c_all, tanh_c_all, weight_hh, masks, recurrent_mask, dh_outs, dc, dz_all)
         h_in = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H)
         dweight_hh = dz_all.reshape(T * B, four_h).T @ h_in.reshape(T * B, H)  # (4H, H)
-        if weight_ih is None:
-            return dz_all, None, None, dh_outs[0], dc, dweight_hh, None, None
-        dx, dweight_ih, dbias = projection.project_backward(dz_all, x, weight_ih, ctx.needs_input_grad[:3])
-        return dx, dweight_ih, dbias, dh_outs[0], dc, dweight_hh, None, None
+        inputs_grads = projection.input_gradients(dz_all, x, weight_ih, ctx.needs_input_grad[:3])  # d(p or x), dW_ih, db
+        return *inputs_grads, dh_outs[0], dc, dweight_hh, None, None
 
 
 def _in_step_layout(weight_hh: Tensor, batch: int) -> Tensor:

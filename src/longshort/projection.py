@@ -56,3 +56,11 @@ def project_backward(
     dweight = dp_rows.T @ time_major_rows(x).view(T * B, -1) if needs[1] else None  # (G, F)
     dbias = dp_rows.sum(0) if needs[2] else None  # (G,)
     return dx, dweight, dbias
+
+
+def input_gradients(
+    dp: Tensor, x: Optional[Tensor], weight: Optional[Tensor], needs: tuple[bool, bool, bool]
+) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """A fused kernel's gradients of its first three inputs (x or p, W_ih, b): `project_backward`'s
+    where it projected x itself (`weight` given), else (dp, None, None): p was given."""
+    return (dp, None, None) if weight is None else project_backward(dp, x, weight, needs)
