@@ -120,6 +120,46 @@ def test_auto_tries_the_fused_lstm_first_in_training_and_at_batches_of_one_and_t
     assert ls.LSTM(4, implementation="vendor").dispatch(batch=batch, backward=backward).implementation == "vendor"  # a named path is taken as named
 
 
+@pytest.mark.parametrize("units, batch, path", [
+    (512, 127, "fused"), (512, 128, "vendor"), (1024, 31, "fused"), (1024, 32, "vendor"), (1024, None, "fused"), (1024, 2, "fused"),
+])
+def test_in_training_auto_leaves_the_largest_step_products_to_onednn(units, batch, path):
+    """From VENDOR_FIRST_PRODUCT multiply-adds in a step's recurrent product (B x 4H x H) both
+    training steps run at the GEMM rate and oneDNN's is the faster: "auto" keeps the LSTM's own
+    order there (the vendor kernel), in training too; a call of unknown rows, or of up to
+    FUSED_FIRST_BATCH, still tries the fused kernel first. Where the vendor kernel cannot run, or
+    for the GRU (whose fused kernel is always first), nothing changes."""
+    assert ls.dispatch.VENDOR_FIRST_PRODUCT == 128 * 4 * 512 * 512
+    in_c = ls.native.loop_kernels(torch.float32) is not None
+    layer = ls.LSTM(units)
+    assert layer.dispatch(batch=batch, backward=True).implementation == (path if in_c else "vendor")
+    assert layer.dispatch(batch=batch, backward=True, masked=True).implementation == "fused"
+    assert ls.LSTM(units, recurrent_dropout=0.1).dispatch(batch=batch, backward=True).implementation == "fused"
+    assert ls.GRU(units).dispatch(batch=batch, backward=True).implementation == "fused"
+
+
+def test_a_large_training_call_runs_the_vendor_kernel_with_the_layers_weights():
+    """At B=128, H=512 a training call runs oneDNN's kernel, which gives torch.nn.LSTM's outputs
+    and gradients for the same weights."""
+    torch.manual_seed(0)
+    layer = ls.LSTM(512, 8, return_sequences=True)
+    reference = torch.nn.LSTM(8, 512, batch_first=True)
+    with torch.no_grad():
+        reference.weight_ih_l0.copy_(layer.cell.weight_ih)
+        reference.weight_hh_l0.copy_(layer.cell.weight_hh)
+        reference.bias_ih_l0.copy_(layer.cell.bias)
+        reference.bias_hh_l0.zero_()
+    x = torch.randn(128, 3, 8, requires_grad=True)
+    y = layer(x)
+    assert layer.last_dispatch.implementation == "vendor"
+    torch.testing.assert_close(y, reference(x)[0])
+    (dx,) = torch.autograd.grad(y.square().sum(), x)
+    (dx_reference,) = torch.autograd.grad(reference(x)[0].square().sum(), x)
+    torch.testing.assert_close(dx, dx_reference)
+    layer(x[:127])
+    assert layer.last_dispatch.implementation == ("fused" if ls.native.loop_kernels(torch.float32) is not None else "vendor")
+
+
 @pytest.mark.parametrize("batch", [1, 64])
 def test_without_the_fused_loops_in_c_auto_keeps_the_vendor_lstm(monkeypatch, batch):
     """The fused kernel's lead is its loops in C: with torch ops (LONGSHORT_NATIVE=0, or no

@@ -23,7 +23,9 @@ prefers (`cell.preference`, by default vendor, fused, loop: the LSTM's; GRU and 
 fused first, because torch's CPU kernels for them are an autograd loop in C++, slower than the
 fused ones in training and no faster in inference: see benchmarks/RESULTS.md), except that
 the fused kernel comes first (`fused_first`) in a call autograd records (a backward pass can
-follow), where the fused training step is the faster, and in a call of up to
+follow), where the fused training step is the faster (short of VENDOR_FIRST_PRODUCT
+multiply-adds in a step's recurrent product: beyond, both run at the machine's GEMM rate and
+oneDNN's gemm is the faster), and in a call of up to
 FUSED_FIRST_BATCH rows, where a step is a matrix-vector product, which the fused loops in C do
 faster than oneDNN's call a step, forward only too; both where its loops run in C (float32 or
 float64 on CPU, `longshort.native` built): with torch ops, or in bfloat16, oneDNN is the
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from torch import nn
+from torch import Tensor, nn
 
 IMPLEMENTATIONS = ("auto", "vendor", "fused", "compiled", "loop")
 PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries unless the cell says otherwise; "compiled" runs only when named
@@ -47,6 +49,14 @@ PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries unless the ce
 # 0.72 / 0.77, B=128 0.48 / 0.69 / 0.84; forward only (no grad) at B=1 0.97 / 0.87 / 0.98, B=2
 # 0.47 / 0.86 / 0.95, B=3 0.57 / 1.01 / 1.19, B=4 0.63 / 1.27 / 1.67, and at B=32 1.06-1.27.
 FUSED_FIRST_BATCH = 2
+# ... but not in a training call whose step's recurrent product, batch * weight_hh.numel() (B x 4H x H
+# multiply-adds for the LSTM), has this many or more: there both kernels spend their time in gemm,
+# and oneDNN's is the faster. The fused LSTM's training step / torch.nn.LSTM's (AMD EPYC, T=100,
+# 7-9 interleaved rounds, median of the ratio within a round), below: B=32 H=256 0.91, H=384 0.83,
+# H=512 0.93, H=768 1.03; B=64 H=256 0.88, H=384 0.79, H=512 0.90; B=128 H=256 0.82, H=384 0.82;
+# B=256 H=256 0.75; from it on: B=128 H=512 0.97-1.11 (six runs on one day, 1.06 in the middle), H=640 1.06, H=768
+# 1.04; B=64 H=768 1.20-1.28; B=32 H=1024 1.22; B=256 H=512 0.99 (a tie).
+VENDOR_FIRST_PRODUCT = 1 << 27  # B=128, H=512; B=32, H=1024
 NOT_ASKED = "it runs only when asked for (implementation='compiled'): compiling takes seconds at the first call"
 
 
@@ -73,6 +83,17 @@ def refusals(cell: nn.Module, masked: bool, compiled_refusal: Optional[str] = NO
     if compiled_refusal is not None:
         reasons["compiled"] = compiled_refusal
     return reasons
+
+
+def fused_comes_first(batch: Optional[int], backward: bool, recurrent_weight: Optional[Tensor]) -> bool:
+    """Whether "auto" tries the fused kernel first for a call of `batch` rows (None: not known),
+    recorded by autograd if `backward`, with the cell's `recurrent_weight` (its weight_hh, if any),
+    given that the fused loops run in C: at up to FUSED_FIRST_BATCH rows, and in training short of
+    VENDOR_FIRST_PRODUCT multiply-adds a step."""
+    if batch is not None and batch <= FUSED_FIRST_BATCH:
+        return True
+    step_product = None if batch is None or recurrent_weight is None else batch * recurrent_weight.numel()
+    return backward and (step_product is None or step_product < VENDOR_FIRST_PRODUCT)
 
 
 def preference(cell: nn.Module, fused_first: bool = False) -> tuple[str, ...]:

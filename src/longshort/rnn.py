@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedTensorMixin
 
 from longshort._validate import check_flag, check_sequence, resolve_mask
-from longshort.dispatch import FUSED_FIRST_BATCH, NOT_ASKED, Dispatch, check_implementation, choose
+from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose, fused_comes_first
 from longshort.native import loops_for
 
 if TYPE_CHECKING:
@@ -212,11 +212,11 @@ class RNN(nn.Module):
 
     def dispatch(self, masked: bool = False, batch: Optional[int] = None, backward: bool = False) -> Dispatch:
         """The path (vendor, fused or loop) a call, with a mask if `masked`, of `batch` rows (None:
-        as a large batch), recorded by autograd if `backward`, takes, and why each other path was
-        refused (see `longshort.dispatch`)."""
+        not known, a large batch without `backward`, a small step with it), recorded by autograd if
+        `backward`, takes, and why each other path was refused (see `longshort.dispatch`)."""
         compiled_refusal = self._compiled_refusal if self.implementation == "compiled" else NOT_ASKED
         changes = getattr(self.cell, "changes", None)  # the built-in cells count their attribute assignments
-        fused_first = (self.implementation == "auto" and (backward or (batch is not None and batch <= FUSED_FIRST_BATCH))
+        fused_first = (self.implementation == "auto" and fused_comes_first(batch, backward, getattr(self.cell, "weight_hh", None))
                        and self._fused_loops_in_c())  # what "auto" tries first (`longshort.dispatch`)
         key = (self.implementation, masked, compiled_refusal, changes, fused_first)
         decision = self._decisions.get(key)
