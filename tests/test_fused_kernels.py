@@ -19,7 +19,7 @@ import longshort as ls
 from longshort.fused_gru import gru_layer, gru_recurrence
 from longshort import projection
 from longshort.fused_lstm import lstm_layer, lstm_recurrence
-from longshort.fused_simple_rnn import simple_rnn_recurrence
+from longshort.fused_simple_rnn import simple_rnn_layer, simple_rnn_recurrence
 
 B, T, H = 3, 5, 4
 
@@ -185,6 +185,11 @@ def test_gradcheck(name, masked, dropped):
     assert gradcheck(lambda *xs: run(name, "fused", xs, mask, r_mask), inputs)
 
 
+def _time_major(y, *final):
+    """The SimpleRNN layer's (y (B, T, H), h) as the others return it: y (T, B, H)."""
+    return (y.transpose(0, 1), *final)
+
+
 # layer: (the kernel that projects x itself, given (x, W_ih, b_ih, h0, c0 or None, W_hh, b_hh or None, masks) -> (y time-major, *states),
 #         the autograd loop over p = F.linear(x, W_ih, b_ih), gates, states)
 LAYERS = {
@@ -192,6 +197,9 @@ LAYERS = {
              lambda p, h, c, whh, bhh, m, r: lstm_reference(p, h, c, whh, m, r), 4, 2),
     "gru": (lambda x, w, b, h, c, whh, bhh, m, r: gru_layer(x, w, b, h, whh, bhh, m, r),
             lambda p, h, c, whh, bhh, m, r: gru_reference(p, h, whh, bhh, m, r), 3, 1),
+    **{f"rnn_{act}": (lambda x, w, b, h, c, whh, bhh, m, r, act=act: _time_major(*simple_rnn_layer(x, w, b, h, whh, act, m, r)),
+                      lambda p, h, c, whh, bhh, m, r, act=act: simple_rnn_reference(p, h, whh, act, m, r), 1, 1)
+       for act in ("tanh", "relu")},
 }
 
 
@@ -201,7 +209,7 @@ LAYERS = {
 @pytest.mark.parametrize("time_major_rows", [False, True], ids=["x copied", "x read in place"])
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_the_kernel_projects_its_input_itself(layer, masked, dropped, bias, time_major_rows):
-    """`lstm_layer(x, W_ih, b, ...)` and `gru_layer`, whose kernels compute p = x W_ih^T + b into a
+    """`lstm_layer(x, W_ih, b, ...)`, `gru_layer` and `simple_rnn_layer`, whose kernels compute p = x W_ih^T + b into a
     buffer of their own and its gradients by hand (`longshort.projection`), against the autograd
     loop over F.linear(x, W_ih, b): outputs and every input's gradient in float64, and gradcheck.
     x whose time-major rows are contiguous (the output of a fused layer below) is read where it

@@ -82,7 +82,7 @@ from longshort.activations import ActivationSpec, get_activation
 from longshort.fused_gru import gru_layer
 from longshort.fused_lstm import lstm_layer
 from longshort.fused_lstm_variants import LayerNormWeights, ZoneoutKeep, lstm_variant_recurrence
-from longshort.fused_simple_rnn import simple_rnn_recurrence
+from longshort.fused_simple_rnn import simple_rnn_layer
 from longshort.rnn import flatten_state, map_state
 
 Initializer = Callable[[Tensor], Tensor]
@@ -728,6 +728,7 @@ class SimpleRNNCell(Cell):
         return torch.rnn_tanh if self.nonlinearity() == "tanh" else torch.rnn_relu
 
     def run_fused(self, x: Tensor, h0: Tensor, mask: Optional[Tensor]):
-        p = self.project_input(x)  # (B, T, H)
-        y, h = simple_rnn_recurrence(p, h0, self.weight_hh, self.nonlinearity(), mask, self.dropout_mask("recurrent", h0))
+        x = self._variational_dropout(x, "input")  # the input mask drawn first, as in the loop
+        y, h = simple_rnn_layer(x, self.weight_ih, self.bias, h0, self.weight_hh, self.nonlinearity(), mask,
+                                self.dropout_mask("recurrent", h0))
         return y, _last(h, mask), h

@@ -1,8 +1,10 @@
 """The fused SimpleRNN (Elman network): a loop over time that does only the recurrent matmul
 and the activation, and a backward-through-time written by hand.
 
-Forward. The input side `p_t = W_ih x_t + b` of every step comes in precomputed
-(one matmul for the whole sequence, `Cell.project_input`); then for t = 1..T:
+Forward. The input side `p_t = W_ih x_t + b` of every step is one matmul for the whole
+sequence: computed by the kernel straight into its buffer of states (`simple_rnn_layer`, as the
+SimpleRNN layer calls it; `longshort.projection`), or given (`simple_rnn_recurrence`); then for
+t = 1..T:
 
     a = p_t + h_prev W_hh^T                      (B, H), one in-place addmm
     h = act(a)                                   one in-place tanh or relu
@@ -19,7 +21,8 @@ Backward. `dh` is dL/dh_t (from the output y_t = h_t and from step t+1):
 so a step does one in-place mul (act' becomes da) and one addmm (into the slot that
 already holds dy_{t-1}).
 `dW_hh` is one matmul over all steps after the loop; `dW_ih`, `db` and `dx` follow from
-`dp` by autograd through the input projection.
+`dp` = da, one matmul each (by hand in `longshort.projection`; given p, by autograd through what
+made it).
 
 Masks. With m_t in {0, 1} per sequence, the carried state is `h_t = m h_new + (1 - m) h_prev`
 and the output is `y_t = m h_new`. So `da = dh m act'(a)` (the m joins the precomputed
@@ -51,24 +54,34 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort import workspace
+from longshort import projection, workspace
 from longshort.native import LoopKernels, address, forward_weight, loops_for, loop_threads, weight_layout
 
 _ACTIVATIONS = {"tanh": torch.tanh_, "relu": torch.relu_}
 
 
 class SimpleRNNRecurrence(torch.autograd.Function):
-    """p (B, T, H), h0 (B, H), weight_hh (H, H) -> y (B, T, H), h_T; act "tanh" or "relu"."""
+    """p (B, T, H), h0 (B, H), weight_hh (H, H) -> y (B, T, H), h_T; act "tanh" or "relu".
+
+    With `weight_ih` (H, F) (and `bias`), its first input is x (B, T, F) instead, and it computes
+    p = x W_ih^T + b itself, straight into its buffer of states (`longshort.projection`)."""
 
     @staticmethod
-    def forward(ctx, p, h0, weight_hh, nonlinearity: str, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
+    def forward(ctx, inputs, weight_ih: Optional[Tensor], bias: Optional[Tensor], h0, weight_hh, nonlinearity: str,
+                step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         ctx.set_materialize_grads(False)
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
         if nonlinearity not in _ACTIVATIONS:
             raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
-        B, T, H = p.shape
+        B, T = inputs.shape[:2]
+        H = weight_hh.shape[0]
+        p = inputs  # what the buffers take their dtype from; x or p, the same
         h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t; p_t until then
-        h_all[0], h_all[1:] = h0, p.transpose(0, 1)
+        h_all[0] = h0
+        if weight_ih is None:
+            h_all[1:] = p.transpose(0, 1)
+        else:
+            projection.project(inputs, weight_ih, bias, out=h_all[1:])  # (T, B, H)
         h_in = None if recurrent_mask is None else p.new_empty(B, H)
         masks = None if step_mask is None else step_mask.T.contiguous().unsqueeze(-1)  # (T, B, 1) bool, contiguous as the C loops read it
         kernels = loops_for(p)
@@ -80,14 +93,15 @@ class SimpleRNNRecurrence(torch.autograd.Function):
         y = h_all[1:]  # (T, B, H)
         if masks is not None:
             y = y * masks
-        ctx.save_for_backward(h_all, weight_hh, masks, recurrent_mask)
+        x = None if weight_ih is None else inputs  # its rows are taken again in the backward
+        ctx.save_for_backward(h_all, weight_hh, masks, recurrent_mask, x, weight_ih)
         ctx.nonlinearity = nonlinearity
         return y.transpose(0, 1), h_all[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_T):
-        h_all, weight_hh, masks, recurrent_mask = ctx.saved_tensors
+        h_all, weight_hh, masks, recurrent_mask, x, weight_ih = ctx.saved_tensors
         T, (B, H) = h_all.shape[0] - 1, h_all.shape[1:]  # h_all holds h0 too
         h_prev, h = h_all[:-1], h_all[1:]  # each (T, B, H)
         # act'(a) for all steps at once; it becomes da. At a masked step h is h_prev, but m zeroes it.
@@ -116,8 +130,9 @@ class SimpleRNNRecurrence(torch.autograd.Function):
             _backward_steps_in_c(kernels, da_all, dh_all, weight_hh, masks, recurrent_mask, da_w)
         h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask  # (T, B, H)
         dweight_hh = da_all.reshape(T * B, H).T @ h_in.reshape(T * B, H)  # (H, H)
-        dp = da_all.transpose(0, 1)  # (B, T, H)
-        return dp, dh_all[0], dweight_hh, None, None, None
+        dp = da_all if weight_ih is not None else da_all.transpose(0, 1)  # (T, B, H) for the projection, p's (B, T, H) given p
+        inputs_grads = projection.input_gradients(dp, x, weight_ih, ctx.needs_input_grad[:3])  # d(p or x), dW_ih, db
+        return *inputs_grads, dh_all[0], dweight_hh, None, None, None
 
 
 # The loops. The torch-ops versions are the reference; where longshort.native builds
@@ -184,4 +199,19 @@ def simple_rnn_recurrence(
 
     Returns every output y (B, T, H) (zero at masked steps) and the final carried h.
     """
-    return SimpleRNNRecurrence.apply(p, h0, weight_hh, nonlinearity, step_mask, recurrent_mask)
+    return SimpleRNNRecurrence.apply(p, None, None, h0, weight_hh, nonlinearity, step_mask, recurrent_mask)
+
+
+def simple_rnn_layer(
+    x: Tensor,
+    weight_ih: Tensor,
+    bias: Optional[Tensor],
+    h0: Tensor,
+    weight_hh: Tensor,
+    nonlinearity: str = "tanh",
+    step_mask: Optional[Tensor] = None,
+    recurrent_mask: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """`simple_rnn_recurrence` of x (B, T, F) with its input side p = x W_ih^T + b computed by the
+    kernel (`longshort.projection`): every output y (B, T, H) and the final carried h."""
+    return SimpleRNNRecurrence.apply(x, weight_ih, bias, h0, weight_hh, nonlinearity, step_mask, recurrent_mask)

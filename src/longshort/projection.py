@@ -1,6 +1,7 @@
 """The input side of a fused kernel, every step at once: p = x W^T + b, time-major, written
 straight into a buffer kept between calls (`longshort.workspace`), which the LSTM's kernel turns
-into its gates in place and the GRU's reads into its own.
+into its gates in place and the GRU's reads into its own, or (`out`) into the SimpleRNN's
+buffer of states, where each step's h takes the place of its p_t.
 
 Through autograd (`F.linear` of x transposed) the same product costs more at large shapes: its
 output is a new block of T*B*G numbers, whose pages fault in on their first write (glibc's malloc
@@ -34,11 +35,11 @@ def time_major_rows(x: Tensor) -> Tensor:
     return x.transpose(0, 1).contiguous()  # (T, B, F)
 
 
-def project(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """x (B, T, F) -> p = x W^T + b (T, B, G), in a kept buffer."""
+def project(x: Tensor, weight: Tensor, bias: Optional[Tensor], out: Optional[Tensor] = None) -> Tensor:
+    """x (B, T, F) -> p = x W^T + b (T, B, G), in a kept buffer, or into `out` (T, B, G), contiguous."""
     rows = time_major_rows(x)
     T, B, F = rows.shape
-    p = workspace.empty(x, T, B, weight.shape[0])  # (T, B, G)
+    p = workspace.empty(x, T, B, weight.shape[0]) if out is None else out  # (T, B, G)
     if bias is None:
         torch.mm(rows.view(T * B, F), weight.t(), out=p.view(T * B, -1))
     else:
