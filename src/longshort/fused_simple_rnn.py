@@ -75,16 +75,15 @@ class SimpleRNNRecurrence(torch.autograd.Function):
             raise ValueError(f"nonlinearity must be one of {tuple(_ACTIVATIONS)}, got {nonlinearity!r}")
         B, T = inputs.shape[:2]
         H = weight_hh.shape[0]
-        p = inputs  # what the buffers take their dtype from; x or p, the same
-        h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t; p_t until then
+        h_all = workspace.empty(inputs, T + 1, B, H)  # h_all[t + 1] is the carried h after step t; p_t until then
         h_all[0] = h0
         if weight_ih is None:
-            h_all[1:] = p.transpose(0, 1)
+            h_all[1:] = inputs.transpose(0, 1)  # p given
         else:
             projection.project(inputs, weight_ih, bias, out=h_all[1:])  # (T, B, H)
-        h_in = None if recurrent_mask is None else p.new_empty(B, H)
+        h_in = None if recurrent_mask is None else inputs.new_empty(B, H)
         masks = None if step_mask is None else step_mask.T.contiguous().unsqueeze(-1)  # (T, B, 1) bool, contiguous as the C loops read it
-        kernels = loops_for(p)
+        kernels = loops_for(inputs)
         if kernels is None:
             w_t = weight_hh.T.contiguous() if B > 1 else weight_hh.T  # (H, H); see Per-step overhead above
             _forward_steps(_ACTIVATIONS[nonlinearity], h_all, w_t, masks, recurrent_mask, h_in)
