@@ -24,8 +24,8 @@ fused first, because torch's CPU kernels for them are an autograd loop in C++, s
 fused ones in training and no faster in inference: see benchmarks/RESULTS.md), except that
 the fused kernel comes first (`fused_first`) in a call autograd records (a backward pass can
 follow), where the fused training step is the faster (short of VENDOR_FIRST_PRODUCT
-multiply-adds in a step's recurrent product: beyond, both run at the machine's GEMM rate and
-oneDNN's gemm is the faster), and in a call of up to
+multiply-adds in a step's recurrent product: from there on, both run at the machine's GEMM rate
+and oneDNN's training step was as fast or faster), and in a call of up to
 FUSED_FIRST_BATCH rows, where a step is a matrix-vector product, which the fused loops in C do
 faster than oneDNN's call a step, forward only too; both where its loops run in C (float32 or
 float64 on CPU, `longshort.native` built): with torch ops, or in bfloat16, oneDNN is the
@@ -51,7 +51,7 @@ PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries unless the ce
 FUSED_FIRST_BATCH = 2
 # ... but not in a training call whose step's recurrent product, batch * weight_hh.numel() (B x 4H x H
 # multiply-adds for the LSTM), has this many or more: there both kernels spend their time in gemm,
-# and oneDNN's is the faster. The fused LSTM's training step / torch.nn.LSTM's (AMD EPYC, T=100,
+# and oneDNN's was as fast or faster. The fused LSTM's training step / torch.nn.LSTM's (AMD EPYC, T=100,
 # 7-9 interleaved rounds, median of the ratio within a round), below: B=32 H=256 0.91, H=384 0.83,
 # H=512 0.93, H=768 1.03; B=64 H=256 0.88, H=384 0.79, H=512 0.90; B=128 H=256 0.82, H=384 0.82;
 # B=256 H=256 0.75; from it on: B=128 H=512 0.97-1.11 (six runs on one day, 1.06 in the middle), H=640 1.06, H=768
