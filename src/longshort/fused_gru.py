@@ -13,6 +13,8 @@ sequence: computed by the kernel into a kept buffer (`gru_layer`, as the GRU lay
 The addmm adds into a buffer that already holds `p_r + b_hr, p_z + b_hz, b_hn`, so after it
 the buffer holds the pre-activations of r and z, and q_n; the addcmul adds into a buffer
 that already holds p_n. The r, z, q_n, n and h of every step are kept for the backward.
+When the kernel projects x itself, it writes p straight into the first buffer, with b_hr and
+b_hz folded into the projection's bias; p_n is then moved to the second and b_hn put in its place.
 
 Backward. `dh` is dL/dh_t (from the output y_t = h_t and from step t+1); `a` are the
 pre-activations `a_r = p_r + q_r`, `a_z = p_z + q_z`, `a_n = p_n + r q_n`. Reading the
@@ -91,28 +93,29 @@ class GRURecurrence(torch.autograd.Function):
                 step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         ctx.set_materialize_grads(False)
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
-        p = inputs if weight_ih is None else projection.project(inputs, weight_ih, bias_ih)  # (T, B, 3H)
-        T, B, three_h = p.shape
-        H = three_h // 3
-        n = workspace.empty(p, T, B, H).copy_(p[..., 2 * H :])  # (T, B, H) p_n, becomes n
-        rzq = workspace.empty(p, T, B, three_h)  # p_r + b_hr, p_z + b_hz, b_hn; becomes r, z, q_n
-        rz = rzq[..., : 2 * H]  # (T, B, 2H)
-        if bias_hh is None:
-            rz.copy_(p[..., : 2 * H])
-            rzq[..., 2 * H :] = 0
-        else:
-            torch.add(p[..., : 2 * H], bias_hh[: 2 * H], out=rz)
-            rzq[..., 2 * H :] = bias_hh[2 * H :]
+        H = weight_hh.shape[1]
+        bias_rz = None if bias_hh is None else torch.cat([bias_hh[: 2 * H], bias_hh.new_zeros(H)])  # (3H,) b_hr, b_hz, 0
+        if weight_ih is None:  # p given: into the kernel's own buffer, b_hr and b_hz added
+            rzq = workspace.empty(inputs, *inputs.shape)  # (T, B, 3H)
+            if bias_rz is None:
+                rzq.copy_(inputs)
+            else:
+                torch.add(inputs, bias_rz, out=rzq)
+        else:  # p computed straight into it, b_hr and b_hz folded into the addmm's bias
+            rzq = projection.project(inputs, weight_ih, _sum(bias_ih, bias_rz))
+        T, B, _ = rzq.shape  # rzq holds p_r + b_hr, p_z + b_hz, p_n; becomes r, z, q_n
+        n = workspace.empty(rzq, T, B, H).copy_(rzq[..., 2 * H :])  # (T, B, H) p_n, becomes n
+        rzq[..., 2 * H :] = 0 if bias_hh is None else bias_hh[2 * H :]  # b_hn, becomes q_n
         r, z, q_n = rzq.split(H, dim=2)  # each (T, B, H)
         if step_mask is not None:  # a masked step reads no input and has its update gate shut: h = h_prev
             skip = ~step_mask.T.unsqueeze(-1)  # (T, B, 1)
             r.masked_fill_(skip, 0.0)
             n.masked_fill_(skip, 0.0)
             z.masked_fill_(skip, float("inf"))  # z = sigmoid(inf + q_z) = 1 exactly
-        h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
+        h_all = workspace.empty(rzq, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
         h_all[0] = h0
-        h_in = None if recurrent_mask is None else p.new_empty(B, H)
-        kernels = loops_for(p)
+        h_in = None if recurrent_mask is None else rzq.new_empty(B, H)
+        kernels = loops_for(rzq)
         steps = _forward_steps if kernels is None else partial(_forward_steps_in_c, kernels)
         steps(rzq, n, h_all, weight_hh, recurrent_mask, h_in)
         y = h_all[1:]  # (T, B, H)
@@ -160,6 +163,11 @@ class GRURecurrence(torch.autograd.Function):
         torch.mul(dh_all[1:], da_n_per_dh, out=dq_n)  # dq_n -> da_n: dq_all is now dp (T, B, 3H)
         inputs_grads = projection.input_gradients(dq_all, x, weight_ih, ctx.needs_input_grad[:3])  # d(p or x), dW_ih, db_ih
         return *inputs_grads, dh_all[0], dweight_hh, dbias_hh, None, None
+
+
+def _sum(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    """a + b, where either may be None (none)."""
+    return b if a is None else a if b is None else a + b
 
 
 # The loops. The torch-ops versions are the reference; where longshort.native builds
