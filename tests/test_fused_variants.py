@@ -16,7 +16,7 @@ from torch.autograd import gradcheck
 
 from longshort.cells import LayerNormLSTMCell, LSTMCell, LSTMState, Zoneout
 from longshort.fused_lstm import lstm_recurrence
-from longshort.fused_lstm_variants import LayerNormWeights, ZoneoutKeep, lstm_variant_recurrence
+from longshort.fused_lstm_variants import LayerNormWeights, ZoneoutKeep, lstm_variant_layer, lstm_variant_recurrence
 
 T, B, H = 4, 3, 3
 
@@ -237,6 +237,33 @@ def test_plain_options_match_fused_lstm(masked, dropped):
     upstream = [torch.randn_like(o) for o in want]
     assert_close_all(grads(fused, case.inputs, upstream), grads(want, case.inputs, upstream), 1e-12)
 
+
+
+@ALL_CONFIGS
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_the_kernel_projects_its_input_itself(config, bias):
+    """`lstm_variant_layer(x, W_ih, b, ...)`, whose kernel computes p = x W_ih^T + b into its buffer of
+    gates and its gradients by hand (`longshort.projection`), against the autograd loop over
+    F.linear(x, W_ih, b): outputs and every input's gradient in float64, and gradcheck."""
+    case = make_case(config, seed=6)
+    g = torch.Generator().manual_seed(7)
+    shapes = [(B, T, 2), (4 * H, 2)] + ([(4 * H,)] if bias else [])  # x (B, T, F), W_ih, b
+    projection_inputs = [(torch.randn(shape, generator=g, dtype=torch.float64) * 0.7).requires_grad_() for shape in shapes]
+    inputs, n = projection_inputs + case.inputs[1:], len(projection_inputs)
+
+    def fused(*xs):
+        x, weight_ih, b = (*xs[:n], None)[:3]
+        return case.run(lambda _, *rest, **options: lstm_variant_layer(x, weight_ih, b, *rest, **options), [None, *xs[n:]])
+
+    def loop(*xs):
+        p = F.linear(*xs[:n]).transpose(0, 1)  # (T, B, 4H)
+        return case.run(reference, [p, *xs[n:]])
+
+    got, want = fused(*inputs), loop(*inputs)
+    assert_close_all(got, want, 1e-12)
+    upstream = [torch.randn_like(o) for o in want]
+    assert_close_all(grads(got, inputs, upstream), grads(want, inputs, upstream), 1e-12)
+    assert gradcheck(fused, inputs)
 
 # -- against the readable cells, with their own weights ------------------------------------------
 FEATURES = 5

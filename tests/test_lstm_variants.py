@@ -89,14 +89,15 @@ def test_zoneout_option_is_the_zoneout_wrapper_with_the_same_draws(masked):
 
 
 def test_the_plain_lstm_keeps_its_own_kernel_and_the_variants_take_theirs(monkeypatch):
+    """The variants' kernel projects x itself, but for LayerNormLSTM, whose LN_x comes between."""
     calls = []
-    for name in ("lstm_layer", "lstm_variant_recurrence"):
+    for name in ("lstm_layer", "lstm_variant_layer", "lstm_variant_recurrence"):
         kernel = getattr(cells, name)
         monkeypatch.setattr(cells, name, lambda *a, _name=name, _kernel=kernel, **kw: calls.append(_name) or _kernel(*a, **kw))
     expected = {
         "lstm_layer": [ls.LSTM(H, F), ls.LSTM(H, F, zoneout=0.0, recurrent_dropout=0.2)],
-        "lstm_variant_recurrence": [ls.LSTM(H, F, peephole=True), ls.LSTM(H, F, zoneout=0.1),
-                                    ls.LSTM(H, F, zoneout=0.1).eval(), ls.LayerNormLSTM(H, F)],
+        "lstm_variant_layer": [ls.LSTM(H, F, peephole=True), ls.LSTM(H, F, zoneout=0.1), ls.LSTM(H, F, zoneout=0.1).eval()],
+        "lstm_variant_recurrence": [ls.LayerNormLSTM(H, F), ls.LayerNormLSTM(H, F, zoneout=0.1)],
     }
     x = torch.randn(B, T, F)
     for kernel, layers in expected.items():

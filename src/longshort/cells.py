@@ -81,7 +81,7 @@ from longshort._validate import check_flag
 from longshort.activations import ActivationSpec, get_activation
 from longshort.fused_gru import gru_layer
 from longshort.fused_lstm import lstm_layer
-from longshort.fused_lstm_variants import LayerNormWeights, ZoneoutKeep, lstm_variant_recurrence
+from longshort.fused_lstm_variants import LayerNormWeights, ZoneoutKeep, lstm_variant_layer, lstm_variant_recurrence
 from longshort.fused_simple_rnn import simple_rnn_layer
 from longshort.rnn import flatten_state, map_state
 
@@ -456,12 +456,13 @@ class LSTMCell(Cell):
         zoneout = self.zoneout_keep(x.shape[1], h0)  # drawn after the dropout masks, as in the loop
         peephole = (self.weight_ci, self.weight_cf, self.weight_co) if self.peephole else None
         layer_norm = self.layer_norm_weights()
+        variants = dict(peephole=peephole, layer_norm=layer_norm, zoneout=zoneout, step_mask=mask, recurrent_mask=recurrent_mask)
         if peephole is None and layer_norm is None and zoneout is None:  # the plain LSTM: its own kernel is faster
             y, h, c = lstm_layer(self._variational_dropout(x, "input"), self.weight_ih, self.bias, (h0, c0), self.weight_hh, mask, recurrent_mask)
-        else:
-            p = self.time_major_input(x)  # (T, B, 4H), bias included
-            y, h, c = lstm_variant_recurrence(p, (h0, c0), self.weight_hh, peephole=peephole, layer_norm=layer_norm,
-                                              zoneout=zoneout, step_mask=mask, recurrent_mask=recurrent_mask)
+        elif layer_norm is None:  # the kernel computes p = x W_ih^T + b itself, into its buffer of gates
+            y, h, c = lstm_variant_layer(self._variational_dropout(x, "input"), self.weight_ih, self.bias, (h0, c0), self.weight_hh, **variants)
+        else:  # LN_x sits between x W_ih^T and the gates: p (T, B, 4H) given, bias included
+            y, h, c = lstm_variant_recurrence(self.time_major_input(x), (h0, c0), self.weight_hh, **variants)
         y = y.transpose(0, 1)  # (B, T, H)
         return y, _last(h, mask), LSTMState(h, c)
 

@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longshort import workspace
+from longshort import projection, workspace
 from longshort.native import LoopKernels, address, forward_weight, loops_for, loop_threads, weight_layout
 
 
@@ -136,27 +136,33 @@ def _tanh_slope(t: Tensor, out: Optional[Tensor] = None) -> Tensor:
 
 class LSTMVariantRecurrence(torch.autograd.Function):
     """Time-major: p (T, B, 4H), h0, c0 (B, H), weight_hh (4H, H), the variants' weights and masks
-    -> y (T, B, H), h_T, c_T."""
+    -> y (T, B, H), h_T, c_T.
+
+    With `weight_ih` (4H, F) (and `bias`), its first input is x (B, T, F) instead, and it computes
+    p = x W_ih^T + b itself, straight into the buffer of its gates (`longshort.projection`)."""
 
     @staticmethod
-    def forward(ctx, p, h0, c0, weight_hh, w_ci, w_cf, w_co, gain_hh, gain_c, shift_c, eps,
-                keep_h, keep_c, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
+    def forward(ctx, inputs, weight_ih: Optional[Tensor], bias: Optional[Tensor], h0, c0, weight_hh, w_ci, w_cf, w_co,
+                gain_hh, gain_c, shift_c, eps, keep_h, keep_c, step_mask: Optional[Tensor], recurrent_mask: Optional[Tensor]):
         recurrent_mask = None if recurrent_mask is None else recurrent_mask.contiguous()  # as the C loops read it
-        T, B, four_h = p.shape
+        if weight_ih is None:
+            z_all = workspace.empty(inputs, *inputs.shape).copy_(inputs)  # (T, B, 4H), becomes the activated gates
+        else:
+            z_all = projection.project(inputs, weight_ih, bias)  # the same, from x (B, T, F)
+        T, B, four_h = z_all.shape
         H = four_h // 4
         peephole, ln = w_ci is not None, gain_hh is not None
         masks = None if step_mask is None else step_mask.transpose(0, 1).unsqueeze(-1)  # (T, B, 1) bool
         (hold_h, rate_h), (hold_c, rate_c) = _hold(keep_h, masks), _hold(keep_c, masks)
         carry_h, carry_c = hold_h is not None or rate_h is not None, hold_c is not None or rate_c is not None
         zoned_c = isinstance(keep_c, Tensor) or rate_c is not None
-        z_all = workspace.empty(p, T, B, four_h).copy_(p)  # (T, B, 4H), becomes the activated gates
-        h_all = workspace.empty(p, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
-        c_all = workspace.empty(p, T + 1, B, H)
+        h_all = workspace.empty(z_all, T + 1, B, H)  # h_all[t + 1] is the carried h after step t
+        c_all = workspace.empty(z_all, T + 1, B, H)
         h_all[0], c_all[0] = h0, c0
-        c_new_all = workspace.empty(p, T, B, H) if zoned_c else c_all[1:]  # c before zoneout, for dw_co
-        tanh_n_all = workspace.empty(p, T, B, H)
+        c_new_all = workspace.empty(z_all, T, B, H) if zoned_c else c_all[1:]  # c before zoneout, for dw_co
+        tanh_n_all = workspace.empty(z_all, T, B, H)
         w_cif = torch.stack([w_ci, w_cf]) if peephole else None  # (2, H)
-        kernels = loops_for(p)
+        kernels = loops_for(z_all)
         if kernels is not None:  # the same loop in C (longshort.native)
             qhat, rsig_q = _forward_steps_in_c(kernels, z_all, h_all, c_all, c_new_all, tanh_n_all, weight_hh, w_cif, w_co,
                                                LayerNormWeights(gain_hh, gain_c, shift_c, eps) if ln else None,
@@ -169,10 +175,10 @@ class LSTMVariantRecurrence(torch.autograd.Function):
             z_ifs = z_all[..., : 2 * H].unflatten(-1, (2, H)).unbind(0) if peephole else None  # (B, 2, H) each
             is_, fs, gs, os = (gate.unbind(0) for gate in z_all.split(H, dim=2))
             hs, cs, tanh_ns = h_all.unbind(0), c_all.unbind(0), tanh_n_all.unbind(0)
-            h_news = (p.new_empty(B, H),) * T if carry_h else hs[1:]
-            c_news = c_new_all.unbind(0) if zoned_c else (p.new_empty(B, H),) * T if carry_c else cs[1:]
+            h_news = (z_all.new_empty(B, H),) * T if carry_h else hs[1:]
+            c_news = c_new_all.unbind(0) if zoned_c else (z_all.new_empty(B, H),) * T if carry_c else cs[1:]
             holds_h, holds_c = ((None,) * T if hold is None else hold.unbind(0) for hold in (hold_h, hold_c))
-            h_in, q = p.new_empty(B, H), p.new_empty(B, four_h)
+            h_in, q = z_all.new_empty(B, H), z_all.new_empty(B, four_h)
             qhats, rsig_qs = [], []
             with torch.inference_mode():  # the loop records nothing for autograd: skip its layer of the dispatcher
                 for t in range(T):
@@ -208,15 +214,16 @@ class LSTMVariantRecurrence(torch.autograd.Function):
             for x in (z_all, tanh_n_all) + ((c_new_all,) if zoned_c else ()):
                 x.masked_fill_(~masks, 0)
         ctx.rates, ctx.eps = (rate_h, rate_c), eps
+        x = None if weight_ih is None else inputs  # its rows are taken again in the backward
         ctx.save_for_backward(z_all, h_all, c_all, c_new_all, tanh_n_all, qhat, rsig_q, weight_hh, w_cif, w_co,
-                              gain_hh, gain_c, hold_h, hold_c, masks, recurrent_mask)
+                              gain_hh, gain_c, hold_h, hold_c, masks, recurrent_mask, x, weight_ih)
         return y, h_all[T].clone(), c_all[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
         (z_all, h_all, c_all, c_new, tanh_n, qhat, rsig_q, weight_hh, w_cif, w_co,
-         gain_hh, gain_c, hold_h, hold_c, masks, recurrent_mask) = ctx.saved_tensors
+         gain_hh, gain_c, hold_h, hold_c, masks, recurrent_mask, x, weight_ih) = ctx.saved_tensors
         T, B, four_h = z_all.shape
         H = four_h // 4
         peephole, ln = w_cif is not None, gain_hh is not None
@@ -311,7 +318,8 @@ class LSTMVariantRecurrence(torch.autograd.Function):
             dz_if = dz_all[..., : 2 * H].unflatten(-1, (2, H))  # (T, B, 2, H)
             dw_ci, dw_cf = torch.mul(dz_if, c_prev.unsqueeze(2), out=dz_ifg_per_dc[:, :, :2]).sum((0, 1))
             dw_co = torch.mul(dz_all[..., 3 * H :], c_new, out=dz_ifg_per_dc[:, :, 2]).sum((0, 1))
-        return (dz_all, dh_outs[0], dc_state, dweight_hh, dw_ci, dw_cf, dw_co, dgain_hh, dgain_c, dshift_c,
+        inputs_grads = projection.input_gradients(dz_all, x, weight_ih, ctx.needs_input_grad[:3])  # d(p or x), dW_ih, db
+        return (*inputs_grads, dh_outs[0], dc_state, dweight_hh, dw_ci, dw_cf, dw_co, dgain_hh, dgain_c, dshift_c,
                 None, None, None, None, None)
 
 
@@ -380,9 +388,34 @@ def lstm_variant_recurrence(
     `step_mask` (B, T) is False at padding steps (state carried, output 0); `recurrent_mask` (B, H)
     multiplies h_prev before W_hh. Returns every output y (T, B, H) and the final carried h, c.
     """
+    return _apply((p, None, None), state, weight_hh, peephole, layer_norm, zoneout, step_mask, recurrent_mask)
+
+
+def lstm_variant_layer(
+    x: Tensor,
+    weight_ih: Tensor,
+    bias: Optional[Tensor],
+    state: tuple[Tensor, Tensor],
+    weight_hh: Tensor,
+    *,
+    peephole: Optional[tuple[Tensor, Tensor, Tensor]] = None,
+    layer_norm: Optional[LayerNormWeights] = None,
+    zoneout: Optional[ZoneoutKeep] = None,
+    step_mask: Optional[Tensor] = None,
+    recurrent_mask: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`lstm_variant_recurrence` of x (B, T, F) with its input side p = x W_ih^T + b computed by the
+    kernel (`longshort.projection`): y (T, B, H) time-major, and the final carried h, c. (A layer
+    norm of the input side, as LayerNormLSTM's, sits between the product and the gates: that layer
+    gives p.)"""
+    return _apply((x, weight_ih, bias), state, weight_hh, peephole, layer_norm, zoneout, step_mask, recurrent_mask)
+
+
+def _apply(input_side, state, weight_hh, peephole, layer_norm, zoneout, step_mask, recurrent_mask):
+    """LSTMVariantRecurrence of (p, None, None) or (x, W_ih, b), its variants' weights unpacked."""
     h0, c0 = state
     w_ci, w_cf, w_co = peephole if peephole is not None else (None, None, None)
     gain_hh, gain_c, shift_c, eps = layer_norm if layer_norm is not None else (None, None, None, 0.0)
     keep_h, keep_c = zoneout if zoneout is not None else (None, None)
-    return LSTMVariantRecurrence.apply(p, h0, c0, weight_hh, w_ci, w_cf, w_co, gain_hh, gain_c, shift_c, eps,
+    return LSTMVariantRecurrence.apply(*input_side, h0, c0, weight_hh, w_ci, w_cf, w_co, gain_hh, gain_c, shift_c, eps,
                                        keep_h, keep_c, step_mask, recurrent_mask)
