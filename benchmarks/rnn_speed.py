@@ -24,7 +24,7 @@ GEMM throughput at each grid point's per-step shape, (B, H) x (H, 4H), and print
 implementation's effective GFLOP/s as a fraction of that. With --memory it reports the
 peak memory growth of one training step for each LSTM implementation in a fresh process.
 
-    python benchmarks/rnn_speed.py                # the full grid (about 4 minutes on 2 cores)
+    python benchmarks/rnn_speed.py                # the full grid (about 9 minutes on 2 cores)
     python benchmarks/rnn_speed.py --quick        # B=1 and 32, H=256 only
     python benchmarks/rnn_speed.py --memory       # peak memory at B=32, T=1000, H=128
     python benchmarks/rnn_speed.py --cells        # fused GRU, ReLU SimpleRNN, LSTM variants against their loops

@@ -21,7 +21,7 @@ overrides their `recur`, whose math the kernels would not follow.
 `implementation="auto"` takes the first path that can run the call, in the order the cell
 prefers (`cell.preference`, by default vendor, fused, loop: the LSTM's; GRU and SimpleRNN put
 fused first, because torch's CPU kernels for them are an autograd loop in C++, slower than the
-fused ones in training and no faster in inference: see benchmarks/RESULTS.md), except that
+fused ones in training and no faster in inference: see benchmarks/RESULTS.md, HISTORY.md), except that
 the fused kernel comes first (`fused_first`) in a call autograd records (a backward pass can
 follow), where the fused training step is the faster (short of VENDOR_FIRST_PRODUCT
 multiply-adds in a step's recurrent product: from there on, both run at the machine's GEMM rate
@@ -48,6 +48,9 @@ PREFERENCE = ("vendor", "fused", "loop")  # the order "auto" tries unless the ce
 # 0.86 / 0.67, B=4 0.60 / 0.96 / 0.79, B=8 0.58 / 0.99 / 1.04, B=16 - / 0.98 / 0.93, B=32 0.70 /
 # 0.72 / 0.77, B=128 0.48 / 0.69 / 0.84; forward only (no grad) at B=1 0.97 / 0.87 / 0.98, B=2
 # 0.47 / 0.86 / 0.95, B=3 0.57 / 1.01 / 1.19, B=4 0.63 / 1.27 / 1.67, and at B=32 1.06-1.27.
+# A later sweep of the forward over B=3-128, T=1-100, H=64-1024 (benchmarks/RESULTS.md) found the
+# fused one ahead in places (H=64 from T=30, some short calls of 3-8 rows at large H) and behind
+# in most others, the regions crossing in B, T and H at once: the inference order stays.
 FUSED_FIRST_BATCH = 2
 # ... but not in a training call whose step's recurrent product, batch * weight_hh.numel() (B x 4H x H
 # multiply-adds for the LSTM), has this many or more: there both kernels spend their time in gemm,
