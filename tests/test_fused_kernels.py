@@ -177,6 +177,29 @@ def test_float64_outputs_and_gradients_match_the_autograd_loop(name, masked, dro
 
 
 @ALL_KERNELS
+@pytest.mark.parametrize("copied", [True, False], ids=["W^T copied", "W as held"])
+def test_the_forward_loop_with_either_layout_of_the_weight(monkeypatch, name, copied):
+    """The C forward loops take a copy of W^T row-major from `native.TRANSPOSED_FROM_STEPS` steps on,
+    and W as the layer holds it in shorter loops (`native.forward_weight`): both agree with the
+    autograd loop, masks and recurrent dropout included."""
+    from longshort import native
+
+    monkeypatch.setattr(native, "TRANSPOSED_FROM_STEPS", 1 if copied else T + 1)
+    flags = []
+    laid_out = native.forward_weight
+    monkeypatch.setattr(native, "forward_weight", lambda *args: flags.append(laid_out(*args)[1]) or laid_out(*args))
+    for module in ("fused_lstm", "fused_gru", "fused_simple_rnn"):
+        monkeypatch.setattr(f"longshort.{module}.forward_weight", native.forward_weight)
+    inputs = make_inputs(KERNELS[name], seed=9)
+    mask, r_mask = make_masks(True, True)
+    fused, reference = run(name, "fused", inputs, mask, r_mask), run(name, "reference", inputs, mask, r_mask)
+    assert_close_all(fused, reference, 1e-12)
+    upstream = [torch.randn_like(o) for o in reference]
+    assert_close_all(grads(fused, inputs, upstream), grads(reference, inputs, upstream), 1e-12)
+    assert flags == ([] if name.endswith("_torch_ops") else [int(copied)])
+
+
+@ALL_KERNELS
 @MASKS
 @DROPOUT
 def test_gradcheck(name, masked, dropped):

@@ -199,6 +199,22 @@ def test_outputs_and_gradients_match_the_autograd_loop(config, loops, dtype, tol
         assert torch.equal(fused[1][1], case.inputs[1][1]) and torch.equal(fused[2][1], case.inputs[2][1])
 
 
+@pytest.mark.parametrize("config", ["all_zoneout_masks", "all_zoneout_rate"])
+@pytest.mark.parametrize("copied", [True, False], ids=["W^T copied", "W as held"])
+def test_the_forward_loop_with_either_layout_of_the_weight(monkeypatch, config, copied):
+    """A copy of W^T row-major from `native.TRANSPOSED_FROM_STEPS` steps on, W as held before
+    (`native.forward_weight`): both agree with the autograd loop."""
+    from longshort import native
+
+    monkeypatch.setattr(native, "TRANSPOSED_FROM_STEPS", 1 if copied else T + 1)
+    case = make_case(config, seed=8)
+    fused, want = case.run(lstm_variant_recurrence), case.run(reference)
+    assert_close_all(fused, want, 1e-12)
+    upstream = [torch.randn_like(o) for o in want]
+    assert_close_all(grads(fused, case.inputs, upstream), grads(want, case.inputs, upstream), 1e-12)
+    assert native.forward_weight(case.inputs[3], 0, T)[1] == int(copied)
+
+
 @pytest.mark.parametrize("used", [0, 1, 2], ids=["y", "h_T", "c_T"])
 def test_a_loss_on_one_output_only(used):
     """The backward gets None for the outputs the loss does not use."""

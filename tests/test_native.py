@@ -149,14 +149,16 @@ def test_the_products_split_between_threads_at_small_batches_agree_with_one_thre
 
 @pytest.mark.parametrize("batch, split, flag", [(1, False, 1), (1, True, 0), (3, False, 1), (3, True, 0), (5, True, 1), (7, True, 0),
                                                (32, False, 1), (32, True, 0), (33, True, 1)])
-def test_the_forward_loop_gets_the_weight_laid_out_for_its_products(monkeypatch, batch, split, flag):
-    """W^T row-major (flag 1), except where the threads split the products: W as the layer holds
-    it, not copied."""
+@pytest.mark.parametrize("steps", [native.TRANSPOSED_FROM_STEPS, native.TRANSPOSED_FROM_STEPS - 1], ids=["long", "short"])
+def test_the_forward_loop_gets_the_weight_laid_out_for_its_products(monkeypatch, batch, split, flag, steps):
+    """W^T row-major (flag 1), except where the threads split the products, or the loop is shorter
+    than TRANSPOSED_FROM_STEPS: W as the layer holds it, not copied."""
     weight = torch.randn(4 * 8, 8)
     monkeypatch.setattr(native, "SPLIT_PRODUCT", weight.numel() if split else weight.numel() + 1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     _, split_flag = native.loop_threads(batch, weight)
-    laid_out, transposed = native.forward_weight(weight, split_flag)
+    laid_out, transposed = native.forward_weight(weight, split_flag, steps)
+    flag = flag if steps >= native.TRANSPOSED_FROM_STEPS else 0
     assert transposed == flag and torch.equal(laid_out, weight)
     assert (laid_out.data_ptr() == weight.data_ptr()) == (flag == 0)
     assert (laid_out.T if transposed else laid_out).is_contiguous()

@@ -216,7 +216,7 @@ def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, weight_hh, recurren
     """As `_forward_steps`."""
     T, B, H = n.shape
     threads, split = loop_threads(B, weight_hh)
-    w, transposed = forward_weight(weight_hh, split)
+    w, transposed = forward_weight(weight_hh, split, T)
     kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm, threads, split)
 
 

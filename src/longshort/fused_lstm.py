@@ -222,7 +222,7 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, tanh_c_all, w
     """As `_forward_steps`."""
     T, B, four_h = z_all.shape
     threads, split = loop_threads(B, weight_hh)
-    w, w_transposed = forward_weight(weight_hh, split)
+    w, w_transposed = forward_weight(weight_hh, split, T)
     buffer = None if recurrent_mask is None else h_all.new_empty(B, four_h // 4)
     kernels.lstm_forward(T, B, four_h // 4, *map(address, (z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w)),
                          w_transposed, kernels.gemm, threads, split)

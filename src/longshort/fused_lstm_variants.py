@@ -346,7 +346,7 @@ def _forward_steps_in_c(kernels: LoopKernels, z_all, h_all, c_all, c_new_all, ta
         qhat, rsig_q, q = workspace.empty(z_all, T, B, four_h), z_all.new_empty(T, B, 1), z_all.new_empty(B, four_h)
     params = torch.tensor([rate_h or 0.0, rate_c or 0.0, eps], dtype=z_all.dtype)
     threads, split = loop_threads(B, weight_hh)
-    w, transposed = forward_weight(weight_hh, split)
+    w, transposed = forward_weight(weight_hh, split, T)
     buffer = None if recurrent_mask is None else z_all.new_empty(B, H)
     weights = (None if x is None else x.contiguous() for x in (w_cif, w_co, gain_hh, gain_c, shift_c))
     kernels.lstm_variant_forward(

@@ -171,7 +171,7 @@ def _forward_steps_in_c(kernels: LoopKernels, relu: bool, h_all, weight_hh, mask
     """As `_forward_steps`."""
     T, B, H = h_all.shape[0] - 1, h_all.shape[1], h_all.shape[2]
     threads, split = loop_threads(B, weight_hh)
-    w, transposed = forward_weight(weight_hh, split)
+    w, transposed = forward_weight(weight_hh, split, T)
     masks = None if masks is None else masks.squeeze(-1)  # (T, B) bytes
     kernels.simple_rnn_forward(T, B, H, address(h_all), address(masks), int(relu), *map(address, (recurrent_mask, h_in, w)),
                                transposed, kernels.gemm, threads, split)

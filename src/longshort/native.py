@@ -66,6 +66,12 @@ SPLIT_PRODUCT = 1 << 17
 # B=4-6 (up to 3 rows a thread, matrix-vector products) splitting lost or tied (0.99-1.16);
 # beyond 32 it made no difference (0.95-1.08, the noise of the host).
 SPLIT_BATCH = 32
+# From this many steps on, a forward loop whose threads do not split the products takes a copy of
+# W^T row-major (`forward_weight`); a shorter one takes W as it is. The copy costs 33 us at H=64,
+# 124 at H=128, 203 at H=180 (an LSTM's W_hh), a few us a step saved. A fused LSTM's forward (no
+# grad), uncopied / copied, 41 interleaved rounds: T=1 0.57-0.83 (B=1, 2, 8; H=64, 128, 180), T=4
+# 0.66-0.94, T=16 0.79-0.89, T=64 0.94-1.10 (H=64 0.94-1.00, H=128 0.95-0.97, H=180 1.01-1.10).
+TRANSPOSED_FROM_STEPS = 64
 # -O2 with -O3's vectorizer (-ftree-vectorize for gcc before 12, whose -O2 has none; the cost model
 # -O3 uses): the loops run as fast as at -O3 (side by side, every fused kernel's training step at
 # B=1, 2, 32 and H=64, 256: 0.97-1.05 of -O3's time; the compiled path's 0.95-1.02) and
@@ -251,18 +257,21 @@ def loop_threads(batch: int, weight: torch.Tensor) -> tuple[int, int]:
     return threads_for(batch, weight), int(splits_products(batch, weight))
 
 
-def forward_weight(weight: torch.Tensor, split: int) -> tuple[torch.Tensor, int]:
-    """A recurrent weight W (G, K) laid out for a C forward loop whose threads split the products
-    or not (`split`, from `loop_threads`), with its flag (as `weight_layout`), copied where it is
-    stored the other way. A step's z += W h is
+def forward_weight(weight: torch.Tensor, split: int, steps: int) -> tuple[torch.Tensor, int]:
+    """A recurrent weight W (G, K) laid out for a C forward loop of `steps` steps whose threads
+    split the products or not (`split`, from `loop_threads`), with its flag (as `weight_layout`),
+    copied where it is stored the other way. A step's z += W h is
     faster with W^T row-major (in the forward loop of an LSTM, T=100, per step: at B=1 3.6 us
-    against 5.5 at H=128; at B=3 31 against 39 at H=256; at B=32 194 against 203; the copy costs a
-    few percent of that), except where the threads split the products (`splits_products`): there
-    each thread's outputs are rows of W (10.2 us against 12.2 at B=1, H=256).
+    against 5.5 at H=128; at B=3 31 against 39 at H=256; at B=32 194 against 203), except where
+    the threads split the products (`splits_products`): there each thread's outputs are rows of W
+    (10.2 us against 12.2 at B=1, H=256). The copy of W^T costs about what it saves over
+    TRANSPOSED_FROM_STEPS steps; a shorter loop takes W as the layer holds it, uncopied.
     The backward's dh += W^T dz takes W as the layer holds it: the same speed either way on one
     thread, and no copy."""
     if split:
         return weight_layout(weight.contiguous())
+    if steps < TRANSPOSED_FROM_STEPS:
+        return weight_layout(weight)
     return weight_layout(weight.T.contiguous().T)
 
 
