@@ -185,11 +185,16 @@ def test_the_forward_loop_with_either_layout_of_the_weight(monkeypatch, name, co
     from longshort import native
 
     monkeypatch.setattr(native, "TRANSPOSED_FROM_STEPS", 1 if copied else T + 1)
-    flags = []
-    laid_out = native.forward_weight
-    monkeypatch.setattr(native, "forward_weight", lambda *args: flags.append(laid_out(*args)[1]) or laid_out(*args))
+    flags, forward_weight = [], native.forward_weight
+
+    def recording(*args):
+        """native.forward_weight, noting the layout it gives (1: W^T copied)."""
+        laid_out = forward_weight(*args)
+        flags.append(laid_out[1])
+        return laid_out
+
     for module in ("fused_lstm", "fused_gru", "fused_simple_rnn"):
-        monkeypatch.setattr(f"longshort.{module}.forward_weight", native.forward_weight)
+        monkeypatch.setattr(f"longshort.{module}.forward_weight", recording)
     inputs = make_inputs(KERNELS[name], seed=9)
     mask, r_mask = make_masks(True, True)
     fused, reference = run(name, "fused", inputs, mask, r_mask), run(name, "reference", inputs, mask, r_mask)

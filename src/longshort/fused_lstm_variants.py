@@ -2,8 +2,12 @@
 and zoneout, in any combination, with a backward-through-time written by hand. The plain
 LSTM's kernel and its derivation are in `fused_lstm`; this one adds the variants' terms.
 
-Forward. `p_t` is the part of z that does not depend on h_prev (bias included, time-major);
-then for t = 1..T, with r the recurrent dropout mask (1 without):
+Forward. `p_t` is the part of z that does not depend on h_prev (bias included, time-major):
+computed by the kernel from x, p = x W_ih^T + b for every step in one matmul straight into its
+buffer of gates (`lstm_variant_layer`, as the peephole and zoneout LSTMs call it;
+`longshort.projection`, which also gives dx, dW_ih and db from dp by hand), or given
+(`lstm_variant_recurrence`, as LayerNormLSTM calls it, whose layer norm of the input side comes
+between the product and the gates); then for t = 1..T, with r the recurrent dropout mask (1 without):
 
     q = (r h_prev) W_hh^T                           (B, 4H), one matmul
     z = p_t + gain_hh q^,  q^ = (q - mean q) / s_q  [LN]        else z = p_t + q
