@@ -397,7 +397,7 @@ def print_targets(grid: list[Point], repeats: int) -> None:
     print()
     for column, (middle, high) in worst.items():
         verdict = "met at every point's upper bound" if high <= 1 else "met" if middle <= 1 else "not met"
-        print(f"{column}: {verdict} (the most, as a fraction of the target: median {middle:.2f}, upper bound {high:.2f})")
+        print(f"{column}: {verdict} (the most, as a fraction of the target: median {middle:.3f}, upper bound {high:.3f})")
     print(f"control, torch.nn.LSTM against itself: medians {control_range[0]:.2f} to {control_range[1]:.2f} (the noise of a ratio here)")
 
 
