@@ -285,12 +285,17 @@ def memory_table(point: Point) -> list[str]:
     return rows
 
 
+def fastest_matmul(m: int, k: int, n: int, calls: int) -> float:
+    """Seconds of the fastest of `calls` torch.matmul of (m, k) x (k, n) (the fastest, not the
+    median: a floor drawn from it is one no kernel gets below even while the host is at its quietest)."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    return min(time_rounds({"mm": lambda: a @ b}, calls)["mm"])
+
+
 def gemm_peak_gflops(repeats: int = 30) -> float:
     """GFLOP/s of torch.matmul at (1024, 1024) x (1024, 1024), its fastest call of `repeats`: about
-    the most this machine's matmuls reach (the fastest, not the median: a floor drawn from it is
-    one no kernel gets below even while the host is at its quietest)."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    return 2 * 1024**3 / min(time_rounds({"mm": lambda: a @ b}, repeats)["mm"]) / 1e9
+    the most this machine's matmuls reach."""
+    return 2 * 1024**3 / fastest_matmul(1024, 1024, 1024, repeats) / 1e9
 
 
 def matmul_floor(batch: int, hidden: int, gates: int, steps: int = 100, repeats: int = 30) -> float:
@@ -302,14 +307,9 @@ def matmul_floor(batch: int, hidden: int, gates: int, steps: int = 100, repeats:
     microseconds of dispatch a call (1-3% at B=32, H=256); at B <= 3 they do a step's products as
     matrix-vector ones of their own, faster than torch.matmul's, and do get below it."""
     rows, width = steps * batch, gates * hidden
-
-    def fastest(m: int, k: int, n: int, calls: int) -> float:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        return min(time_rounds({"mm": lambda: a @ b}, calls)["mm"])
-
-    per_step = fastest(batch, hidden, width, 5 * repeats) + fastest(batch, width, hidden, 5 * repeats)  # z += h W^T; dh += dz W
-    whole = (fastest(rows, hidden, width, repeats) + fastest(rows, width, hidden, repeats)  # x W_ih^T; dx = dz W_ih
-             + 2 * fastest(width, rows, hidden, repeats))  # dW_ih = dz^T x, dW_hh = dz^T h
+    per_step = fastest_matmul(batch, hidden, width, 5 * repeats) + fastest_matmul(batch, width, hidden, 5 * repeats)  # z += h W^T; dh += dz W
+    whole = (fastest_matmul(rows, hidden, width, repeats) + fastest_matmul(rows, width, hidden, repeats)  # x W_ih^T; dx = dz W_ih
+             + 2 * fastest_matmul(width, rows, hidden, repeats))  # dW_ih = dz^T x, dW_hh = dz^T h
     return steps * per_step + whole
 
 

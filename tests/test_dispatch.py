@@ -125,7 +125,7 @@ def test_auto_tries_the_fused_lstm_first_in_training_and_at_batches_of_one_and_t
 ])
 def test_in_training_auto_leaves_the_largest_step_products_to_onednn(units, batch, path):
     """From VENDOR_FIRST_PRODUCT multiply-adds in a step's recurrent product (B x 4H x H) both
-    training steps run at the GEMM rate and oneDNN's is the faster: "auto" keeps the LSTM's own
+    training steps run at the GEMM rate and oneDNN's was as fast or faster: "auto" keeps the LSTM's own
     order there (the vendor kernel), in training too; a call of unknown rows, or of up to
     FUSED_FIRST_BATCH, still tries the fused kernel first. Where the vendor kernel cannot run, or
     for the GRU (whose fused kernel is always first), nothing changes."""
