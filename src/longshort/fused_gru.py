@@ -34,12 +34,13 @@ So every step's dp and dq are dh times a factor that does not depend on dh:
     da_n = dh (1 - z) (1 - n^2)
     dq_n = dh (1 - z) (1 - n^2) r
 
-The factors are computed for all steps at once before the reverse loop, so a step does
-one in-place mul (the factors become dq), one addcmul (dh z) and one addmm (dq W_hh), the
-last two adding into the slot that already holds dy_{t-1}. `dW_hh`, `db_hh` and `da_n`
-(from the kept dh of every step) are one op each over all steps after the loop; `dW_ih`,
-`db_ih` and `dx` follow from `dp`, one matmul each (by hand in `longshort.projection`; given p,
-by autograd through what made it).
+In the C loop (below) a step computes them and multiplies them by its dh in one pass over
+the batch, which also adds dh z into the slot of dh_prev that already holds dy_{t-1}; then one
+gemm adds dq W_hh there. The torch-ops loop computes the factors for all steps at once before
+the loop, so that a step there is one in-place mul, one addcmul and one addmm. `dW_hh` and
+`db_hh` are one op each over all steps after the loop; `dW_ih`, `db_ih` and `dx` follow from
+`dp`, one matmul each (by hand in `longshort.projection`; given p, by autograd through what
+made it).
 
 Masks. With m_t in {0, 1} per sequence, a masked step is a step whose update gate is shut:
 with z = 1, h = h_prev exactly (lerp returns its end point at weight 1), and every factor
@@ -132,18 +133,8 @@ class GRURecurrence(torch.autograd.Function):
         rzq, n, h_all, weight_hh, step_mask, recurrent_mask, x, weight_ih = ctx.saved_tensors
         T, B, three_h = rzq.shape
         H = three_h // 3
-        r, z, q_n = rzq.split(H, dim=2)  # each (T, B, H)
-        h_prev = h_all[:-1]
-        # The factors of the derivation that do not depend on dh: all steps at once, into buffers
-        # of the workspace (each (T, B, H)).
-        one = rzq.new_ones(())
-        one_minus_z = torch.sub(one, z, out=workspace.empty(z, T, B, H))
-        da_n_per_dh = torch.addcmul(one, n, n, value=-1, out=workspace.empty(z, T, B, H)).mul_(one_minus_z)  # (1 - z) (1 - n^2)
-        dq_all = workspace.empty(rzq, T, B, 3, H)  # dq / dh for the gates r, z, n; becomes dq, then dp
-        dq_r, dq_z, dq_n = dq_all.unbind(dim=2)  # each (T, B, H)
-        torch.mul(da_n_per_dh, r, out=dq_n)  # (1 - z) (1 - n^2) r
-        torch.mul(dq_n, q_n, out=dq_r).mul_(torch.sub(one, r, out=workspace.empty(z, T, B, H)))  # (1 - z) (1 - n^2) r q_n (1 - r)
-        torch.sub(h_prev, n, out=dq_z).mul_(z).mul_(one_minus_z)  # (h_prev - n) z (1 - z)
+        dq_all = workspace.empty(rzq, T, B, 3 * H)  # (da_r, da_z, dq_n) of every step; becomes dp
+        da_n = workspace.empty(rzq, T, B, H)
         dh_all = workspace.empty(h_all, T + 1, B, H)  # dh_all[t + 1] is dL/dh_t; dh_all[0] is dL/dh0
         dh_all[0] = 0
         if dy is None:
@@ -155,12 +146,11 @@ class GRURecurrence(torch.autograd.Function):
         dq_w = None if recurrent_mask is None else rzq.new_empty(B, H)
         kernels = loops_for(rzq)
         steps = _backward_steps if kernels is None else partial(_backward_steps_in_c, kernels)
-        steps(rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w)
-        dq_all = dq_all.view(T, B, three_h)  # (T, B, 3H)
-        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask  # (T, B, H)
-        dweight_hh = dq_all.reshape(T * B, three_h).T @ h_in.reshape(T * B, H)  # (3H, H)
+        steps(rzq, n, h_all, dq_all, da_n, dh_all, weight_hh, recurrent_mask, dq_w)
+        h_prev = h_all[:-1] if recurrent_mask is None else h_all[:-1] * recurrent_mask  # (T, B, H), as the product saw it
+        dweight_hh = dq_all.view(T * B, three_h).T @ h_prev.reshape(T * B, H)  # (3H, H)
         dbias_hh = dq_all.sum(dim=(0, 1)) if ctx.has_bias else None  # (3H,)
-        torch.mul(dh_all[1:], da_n_per_dh, out=dq_n)  # dq_n -> da_n: dq_all is now dp (T, B, 3H)
+        dq_all[..., 2 * H :] = da_n  # dq_n -> da_n: dq_all is now dp (T, B, 3H)
         inputs_grads = projection.input_gradients(dq_all, x, weight_ih, ctx.needs_input_grad[:3])  # d(p or x), dW_ih, db_ih
         return *inputs_grads, dh_all[0], dweight_hh, dbias_hh, None, None
 
@@ -192,15 +182,28 @@ def _forward_steps(rzq, n, h_all, weight_hh, recurrent_mask, h_in) -> None:
             torch.lerp(n_t, h_prev, z_t, out=h)
 
 
-def _backward_steps(rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> None:
-    """The reverse loop, in place: dq_all (T, B, 3, H) from the factors dq / dh to dq; dh_all (T + 1, B, H) gets the recurrent shares."""
+def _backward_steps(rzq, n, h_all, dq_all, da_n, dh_all, weight_hh, recurrent_mask, dq_w) -> None:
+    """The reverse loop: into dq_all (T, B, 3H) every step's dq = (da_r, da_z, dq_n), into da_n (T, B, H) its da_n;
+    dh_all (T + 1, B, H) gets the recurrent shares. The factors of dq / dh that do not depend on dh are
+    computed for all steps at once before the loop; a step multiplies them by its dh."""
     T, B, three_h = rzq.shape
-    z = rzq[..., three_h // 3 : 2 * three_h // 3]
+    H = three_h // 3
+    r, z, q_n = rzq.split(H, dim=2)  # each (T, B, H)
+    one = rzq.new_ones(())
     with torch.inference_mode():
+        # The factors, each (T, B, H): da_n / dh = (1 - z) (1 - n^2), dq_n / dh = that r,
+        # da_r / dh = that q_n (1 - r), da_z / dh = (h_prev - n) z (1 - z).
+        factors = dq_all.view(T, B, 3, H)
+        da_r, da_z, dq_n = factors.unbind(dim=2)
+        one_minus_z = torch.sub(one, z, out=workspace.empty(z, T, B, H))
+        torch.addcmul(one, n, n, value=-1, out=da_n).mul_(one_minus_z)
+        torch.mul(da_n, r, out=dq_n)
+        torch.mul(dq_n, q_n, out=da_r).mul_(torch.sub(one, r, out=one_minus_z))
+        torch.sub(h_all[:-1], n, out=da_z).mul_(z).mul_(torch.sub(one, z, out=one_minus_z))
         # The per-step views, made once, last step first: dq as (B, 3, H) for the mul by dh as (B, 1, H),
         # and as (B, 3H) for the matmul.
         dhs = dh_all.unbind(0)
-        dq_gates_s, dqs = dq_all.unbind(0), dq_all.view(T, B, three_h).unbind(0)  # (T, B, 3, H) -> (T, B, 3H)
+        dq_gates_s, dqs = factors.unbind(0), dq_all.unbind(0)
         dh_gates_s = dh_all[1:].unsqueeze(2).unbind(0)  # (T, B, H) -> (T, B, 1, H)
         views = (dq_gates_s, dqs, dh_gates_s, dhs[1:], dhs[:-1], z.unbind(0))
         for dq_gates, dq, dh_gates, dh, dh_prev, z_t in zip(*(reversed(v) for v in views)):
@@ -210,6 +213,7 @@ def _backward_steps(rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> Non
                 dh_prev.addcmul_(torch.mm(dq, weight_hh, out=dq_w), recurrent_mask)
             else:
                 dh_prev.addmm_(dq, weight_hh)
+        da_n.mul_(dh_all[1:])
 
 
 def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, weight_hh, recurrent_mask, h_in) -> None:
@@ -220,11 +224,12 @@ def _forward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, weight_hh, recurren
     kernels.gru_forward(T, B, H, *map(address, (rzq, n, h_all, recurrent_mask, h_in, w)), transposed, kernels.gemm, threads, split)
 
 
-def _backward_steps_in_c(kernels: LoopKernels, rzq, dq_all, dh_all, weight_hh, recurrent_mask, dq_w) -> None:
-    """As `_backward_steps`."""
+def _backward_steps_in_c(kernels: LoopKernels, rzq, n, h_all, dq_all, da_n, dh_all, weight_hh, recurrent_mask, dq_w) -> None:
+    """As `_backward_steps`, the factors computed in the loop, a step at a time."""
     T, B, three_h = rzq.shape
     w, transposed = weight_layout(weight_hh)
-    kernels.gru_backward(T, B, three_h // 3, *map(address, (rzq, dq_all, dh_all, recurrent_mask, dq_w, w)), transposed, kernels.gemm, *loop_threads(B, w))
+    buffers = (rzq, n, h_all, dq_all, da_n, dh_all, recurrent_mask, dq_w, w)
+    kernels.gru_backward(T, B, three_h // 3, *map(address, buffers), transposed, kernels.gemm, *loop_threads(B, w))
 
 
 def gru_recurrence(

@@ -92,7 +92,7 @@ class LoopKernels:
     lstm_forward: Callable[..., None]  # z_all, h_all, c_all, tanh_c_all, masks, recurrent_mask, buffer, w
     lstm_backward: Callable[..., None]  # z_all, c_all, tanh_c_all, dh_outs, dc, dz_all, masks, recurrent_mask, buffer, w
     gru_forward: Callable[..., None]  # rzq_all, n_all, h_all, recurrent_mask, buffer, w
-    gru_backward: Callable[..., None]  # rzq_all, dq_all, dh_all, recurrent_mask, buffer, w
+    gru_backward: Callable[..., None]  # rzq_all, n_all, h_all, dq_all, da_n_all, dh_all, recurrent_mask, buffer, w
     simple_rnn_forward: Callable[..., None]  # h_all, masks, relu (a flag), recurrent_mask, buffer, w
     simple_rnn_backward: Callable[..., None]  # da_all, dh_all, masks, recurrent_mask, buffer, w
     lstm_variant_forward: Callable[..., None]  # see fused_lstm_variants._forward_steps_in_c
@@ -102,7 +102,7 @@ class LoopKernels:
 
 SIGNATURES = {  # after T, B, H: p a pointer, i an int64; every loop ends with w_transposed (i), gemm (p), threads (i) and split (i)
     "lstm_forward": "pppppppp", "lstm_backward": "pppppppppp", "gru_forward": "pppppp",
-    "gru_backward": "pppppp", "simple_rnn_forward": "ppippp", "simple_rnn_backward": "pppppp",
+    "gru_backward": "ppppppppp", "simple_rnn_forward": "ppippp", "simple_rnn_backward": "pppppp",
     "lstm_variant_forward": "p" * 13 + "pipi" + "pppp", "lstm_variant_backward": "p" * 14 + "ppi" + "ppi" + "ppp",
 }
 # Even one row a thread pays: side by side, a fused LSTM training step at B=2, H=256 took 6.8 ms

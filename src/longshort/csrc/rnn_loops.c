@@ -308,9 +308,10 @@ double tanh(double) __attribute__((simd("notinbranch")));
  * rzq += (r_drop h_prev) W_hh^T:
  *      r, z = sigmoid(rzq_r, rzq_z),  n = tanh(n + r q_n),  h = lerp(n, h_prev, z)
  * with torch.lerp's formula, exact at z = 1 (how a masked step keeps h_prev: fused_gru.py sets
- * z to +inf there). Backward: dq_all (T, B, 3H) holds the factors dq / dh of fused_gru.py and
- * becomes dq; dh_all (T + 1, B, H) as dh_outs above; per step
- *      dq *= dh (each gate),  dh_prev += dh z + r_drop (dq W_hh). */
+ * z to +inf there). Backward: dh_all (T + 1, B, H) as dh_outs above; per step, per unit
+ *      da_n = dh (1 - z) (1 - n^2),  dq_n = da_n r,  da_r = dq_n q_n (1 - r),
+ *      da_z = dh (h_prev - n) z (1 - z),  dh_prev += dh z + r_drop (dq W_hh)
+ * into dq_all (T, B, 3H), dq = (da_r, da_z, dq_n), and da_n_all (T, B, H). */
 #define GRU_LOOPS(scalar, suffix, EXP, TANH)                                                           \
     static void gru_forward_rows_##suffix(int64_t T, int64_t B, int64_t H, scalar *rzq_all, scalar *n_all, \
                                           scalar *h_all, const scalar *recurrent_mask, scalar *buffer, \
@@ -340,18 +341,24 @@ double tanh(double) __attribute__((simd("notinbranch")));
     }                                                                                                  \
                                                                                                        \
     static void gru_backward_rows_##suffix(int64_t T, int64_t B, int64_t H, const scalar *rzq_all,     \
-                                           scalar *dq_all, scalar *dh_all, const scalar *recurrent_mask, \
+                                           const scalar *n_all, const scalar *h_all, scalar *dq_all,   \
+                                           scalar *da_n_all, scalar *dh_all, const scalar *recurrent_mask, \
                                            scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm, int64_t b0, int64_t b1, int64_t parts) { \
         for (int64_t t = T - 1; t >= 0; t--) {                                                         \
             scalar *dq = dq_all + t * B * 3 * H, *dh_prev = dh_all + t * B * H;                        \
             for (int64_t b = b0; b < b1; b++) {                                                        \
-                scalar *restrict dq_b = dq + b * 3 * H, *restrict dh_prev_b = dh_prev + b * H;         \
-                const scalar *restrict dh_b = dh_prev + (B + b) * H;                                   \
-                const scalar *restrict z_b = rzq_all + t * B * 3 * H + b * 3 * H + H;                  \
+                const int64_t row = t * B + b;                                                         \
+                const scalar *restrict r = rzq_all + row * 3 * H, *restrict z = r + H, *restrict q_n = r + 2 * H; \
+                const scalar *restrict n = n_all + row * H, *restrict h_prev = h_all + row * H;        \
+                const scalar *restrict dh = dh_prev + (B + b) * H;                                     \
+                scalar *restrict da_r = dq + b * 3 * H, *restrict da_z = da_r + H, *restrict dq_n = da_r + 2 * H; \
+                scalar *restrict da_n = da_n_all + row * H, *restrict dh_prev_b = dh_prev + b * H;     \
                 for (int64_t j = 0; j < H; j++) {                                                      \
-                    scalar dh = dh_b[j];                                                               \
-                    dq_b[j] *= dh, dq_b[H + j] *= dh, dq_b[2 * H + j] *= dh;                           \
-                    dh_prev_b[j] += dh * z_b[j];                                                       \
+                    da_n[j] = dh[j] * (1 - z[j]) * (1 - n[j] * n[j]);                                  \
+                    dq_n[j] = da_n[j] * r[j];                                                          \
+                    da_r[j] = dq_n[j] * q_n[j] * (1 - r[j]);                                           \
+                    da_z[j] = dh[j] * (h_prev[j] - n[j]) * z[j] * (1 - z[j]);                          \
+                    dh_prev_b[j] += dh[j] * z[j];                                                      \
                 }                                                                                      \
             }                                                                                          \
             add_recurrent_gradient_##suffix((gemm_##suffix)gemm, B, b0, b1, H, 3 * H, dq, w, w_transposed, \
@@ -360,11 +367,12 @@ double tanh(double) __attribute__((simd("notinbranch")));
     }                                                                                                  \
                                                                                                        \
     void gru_backward_loop_##suffix(int64_t T, int64_t B, int64_t H, const scalar *rzq_all,           \
-                                    scalar *dq_all, scalar *dh_all, const scalar *recurrent_mask,     \
+                                    const scalar *n_all, const scalar *h_all, scalar *dq_all,         \
+                                    scalar *da_n_all, scalar *dh_all, const scalar *recurrent_mask,   \
                                     scalar *buffer, const scalar *w, int64_t w_transposed, void *gemm, int64_t threads, int64_t split) { \
-        SHARE_OUT(threads, split, B, gru_backward_rows_##suffix(T, B, H, rzq_all, dq_all, dh_all,      \
-                                                       recurrent_mask, buffer, w, w_transposed,        \
-                                                       gemm, b0, b1, parts));                          \
+        SHARE_OUT(threads, split, B, gru_backward_rows_##suffix(T, B, H, rzq_all, n_all, h_all, dq_all, \
+                                                       da_n_all, dh_all, recurrent_mask, buffer, w,    \
+                                                       w_transposed, gemm, b0, b1, parts));            \
     }
 
 /* SimpleRNN (fused_simple_rnn.py). h_all (T + 1, B, H): rows 1.. hold p_t and become h_t,
