@@ -138,9 +138,10 @@ def test_in_training_auto_leaves_the_largest_step_products_to_onednn(units, batc
     assert ls.GRU(units).dispatch(batch=batch, backward=True).implementation == "fused"
 
 
-def test_a_large_training_call_runs_the_vendor_kernel_with_the_layers_weights():
-    """At B=128, H=512 a training call runs oneDNN's kernel, which gives torch.nn.LSTM's outputs
-    and gradients for the same weights."""
+def test_a_large_training_call_runs_the_vendor_kernel_with_the_layers_weights(monkeypatch):
+    """At B=128, H=512 a training call runs oneDNN's kernel by the order of the paths (not measured
+    here), which gives torch.nn.LSTM's outputs and gradients for the same weights."""
+    monkeypatch.setattr(ls.dispatch, "measure", False)
     torch.manual_seed(0)
     layer = ls.LSTM(512, 8, return_sequences=True)
     reference = torch.nn.LSTM(8, 512, batch_first=True)
@@ -158,6 +159,77 @@ def test_a_large_training_call_runs_the_vendor_kernel_with_the_layers_weights():
     torch.testing.assert_close(dx, dx_reference)
     layer(x[:127])
     assert layer.last_dispatch.implementation == ("fused" if ls.native.loop_kernels(torch.float32) is not None else "vendor")
+
+
+def large_call(units: int = 64, batch: int = 32, steps: int = 40, **options) -> tuple[ls.LSTM, torch.Tensor]:
+    """An LSTM and an input whose recurrent products reach MEASURED_FROM_PRODUCT: "auto" measures them."""
+    assert batch * steps * 4 * units * units >= ls.dispatch.MEASURED_FROM_PRODUCT
+    return ls.LSTM(units, 8, return_sequences=True, **options), torch.randn(batch, steps, 8, requires_grad=True)
+
+
+@pytest.mark.parametrize("backward", [True, False])
+def test_auto_times_both_kernels_once_per_shape_and_runs_the_faster(monkeypatch, backward):
+    """Where the fused and vendor kernels can both run a large call, "auto" times them at the
+    first call of a shape (timings faked here, to choose each in turn), says what it measured,
+    and remembers it for the next call of that shape; another shape, or eval mode, is measured anew."""
+    timed = []
+
+    def fake_time_paths(calls):
+        timed.append(sorted(calls))
+        for call in calls.values():
+            call()  # the rehearsals run, and must leave no trace (see the next test)
+        return {"fused": 2.0, "vendor": 1.0} if len(timed) % 2 else {"fused": 1.0, "vendor": 2.0}
+
+    monkeypatch.setattr(ls.rnn, "time_paths", fake_time_paths)
+    layer, x = large_call()
+    with torch.set_grad_enabled(backward):
+        layer(x)
+        assert layer.last_dispatch == ls.dispatch.Dispatch("vendor", {}, {"fused": 2.0, "vendor": 1.0})
+        assert timed == [["fused", "vendor"]]
+        layer(x)  # the same shape: remembered
+        assert layer.last_dispatch.implementation == "vendor" and len(timed) == 1
+        layer(x[:, :32])  # fewer steps: measured again
+        assert layer.last_dispatch == ls.dispatch.Dispatch("fused", {}, {"fused": 1.0, "vendor": 2.0})
+        layer.eval()
+        layer(x)
+        assert len(timed) == 3
+
+
+def test_measuring_leaves_no_trace_but_the_choice(monkeypatch):
+    """The rehearsals take their gradients by torch.autograd.grad (no .grad is touched) and put the
+    random state back: with input dropout, a measured call gives the outputs, gradients and next
+    random numbers of an unmeasured one (the kernels agree to rounding), and really times both."""
+    results = {}
+    for measure in (True, False):
+        monkeypatch.setattr(ls.dispatch, "measure", measure)
+        torch.manual_seed(0)
+        layer, x = large_call(dropout=0.3)
+        y = layer(x)
+        assert all(p.grad is None for p in layer.parameters()) and x.grad is None
+        y.square().sum().backward()
+        results[measure] = (y, x.grad, layer.cell.weight_hh.grad, torch.rand(3), layer.last_dispatch)
+    measured, unmeasured = results[True], results[False]
+    for a, b in zip(measured[:4], unmeasured[:4]):
+        torch.testing.assert_close(a, b)
+    assert unmeasured[4].measured is None
+    seconds = measured[4].measured
+    assert sorted(seconds) == ["fused", "vendor"] and all(s > 0 for s in seconds.values())
+    assert measured[4].implementation == min(seconds, key=seconds.get)
+
+
+def test_auto_measures_only_large_calls_both_kernels_can_run(monkeypatch):
+    """A small call, a masked one (torch's kernel takes no mask), one of up to FUSED_FIRST_BATCH rows
+    (the fused kernel's matrix-vector products) or one with measuring off is decided by the order of
+    the paths alone."""
+    monkeypatch.setattr(ls.rnn, "time_paths", lambda calls: pytest.fail("measured"))
+    layer, x = large_call()
+    layer(x[:, :2])  # 32 x 2 x 16384 multiply-adds: below MEASURED_FROM_PRODUCT
+    layer(x, mask=torch.ones(32, 40, dtype=torch.bool))
+    assert layer.last_dispatch.refused == {"vendor": "torch's kernel takes no mask"}
+    large_call(batch=2, steps=600)[0](torch.randn(2, 600, 8))
+    monkeypatch.setattr(ls.dispatch, "measure", False)
+    layer(x)
+    assert layer.last_dispatch.measured is None
 
 
 @pytest.mark.parametrize("batch", [1, 64])

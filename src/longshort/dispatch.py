@@ -32,11 +32,28 @@ float64 on CPU, `longshort.native` built): with torch ops, or in bfloat16, oneDN
 faster. Naming one asks for it and raises if it cannot. `layer.dispatch(masked=..., batch=...,
 backward=...)` says which path a call would take and why each other path was refused;
 `layer.last_dispatch` is the decision of the last call.
+
+Measured, where the order above is a guess. Where both the fused kernel and the vendor one can
+run a call of more than FUSED_FIRST_BATCH rows, which is the faster depends on the CPU: on one
+with AVX-512 (AMD Zen 4) oneDNN's LSTM ran at the machine's matmul rate and a training step at
+B=32, H=512 took 0.85 of the fused kernel's time, where on the Zen 3 the order above was measured
+on it took 1.08 (benchmarks/RESULTS.md). So "auto" times the two there, once per layer and
+shape: at the first call of a shape (batch, steps, dtype, mask or not, training or not, the
+cell unchanged) whose recurrent products hold at least MEASURED_FROM_PRODUCT multiply-adds
+(B x T x weight_hh.numel()), it runs each kernel MEASURE_ROUNDS times in turn after one warm-up,
+with the gradients of everything a backward would reach when autograd records the call (taken by
+`torch.autograd.grad`: no `.grad` is touched), and keeps the one with the smaller median.
+`last_dispatch.measured` holds the seconds it measured. The random state is put back after the
+rehearsals, so dropout masks come out as without them; the outputs of the two kernels agree to
+rounding, but not bit for bit, so for runs that repeat exactly set `longshort.dispatch.measure =
+False` (the order above then decides, as in smaller calls), or name the path.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import statistics
+import time
+from typing import Callable, NamedTuple, Optional
 
 from torch import Tensor, nn
 
@@ -60,12 +77,19 @@ FUSED_FIRST_BATCH = 2
 # B=256 H=256 0.75; from it on: B=128 H=512 0.97-1.11 (six runs on one day, 1.06 in the middle), H=640 1.06, H=768
 # 1.04; B=64 H=768 1.20-1.28; B=32 H=1024 1.22; B=256 H=512 0.99 (a tie).
 VENDOR_FIRST_PRODUCT = 1 << 27  # B=128, H=512; B=32, H=1024
+# "auto" times the fused and vendor kernels against each other in a call whose recurrent
+# products (B x T x weight_hh.numel() multiply-adds) hold this many or more (B=32, T=100, H=64
+# holds 2^25.6; a training step there takes about 7 ms), when `measure` is on.
+MEASURED_FROM_PRODUCT = 1 << 24
+MEASURE_ROUNDS = 3  # timed calls of each kernel, in turn, after one warm-up call each
+measure = True  # whether "auto" measures (above); False: the order of `preference` decides every call
 NOT_ASKED = "it runs only when asked for (implementation='compiled'): compiling takes seconds at the first call"
 
 
 class Dispatch(NamedTuple):
     implementation: str  # the path that runs
     refused: dict[str, str]  # each path that cannot run this call, and why
+    measured: Optional[dict[str, float]] = None  # seconds a call took by each kernel "auto" timed, if it did
 
 
 def check_implementation(implementation: str) -> str:
@@ -123,3 +147,25 @@ def choose(implementation: str, cell: nn.Module, masked: bool, who: str, compile
             f"{refused[implementation]}. Use implementation='auto' to fall back."
         )
     return Dispatch(implementation, refused)
+
+
+def measures(decision: Dispatch, batch: int, steps: int, recurrent_weight: Optional[Tensor]) -> bool:
+    """Whether "auto", having chosen `decision` by the order of the paths, times the fused and
+    vendor kernels for a call of `batch` rows and `steps` steps (see the module docstring)."""
+    if not measure or batch <= FUSED_FIRST_BATCH or recurrent_weight is None:
+        return False
+    large = batch * steps * recurrent_weight.numel() >= MEASURED_FROM_PRODUCT
+    return large and decision.implementation in ("fused", "vendor") and not {"fused", "vendor"} & decision.refused.keys()
+
+
+def time_paths(calls: dict[str, Callable[[], object]], rounds: int = MEASURE_ROUNDS) -> dict[str, float]:
+    """Median seconds of a call of each function, called in turn `rounds` times after one warm-up call each."""
+    for call in calls.values():
+        call()
+    seconds: dict[str, list[float]] = {path: [] for path in calls}
+    for _ in range(rounds):
+        for path, call in calls.items():
+            start = time.perf_counter()
+            call()
+            seconds[path].append(time.perf_counter() - start)
+    return {path: statistics.median(values) for path, values in seconds.items()}

@@ -11,6 +11,7 @@ zero; the output with `return_sequences=False` is the output of the last real st
 from __future__ import annotations
 
 import itertools
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedTensorMixin
 
 from longshort._validate import check_flag, check_sequence, resolve_mask
-from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose, fused_comes_first
+from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose, fused_comes_first, measures, time_paths
 from longshort.native import loops_for
 
 if TYPE_CHECKING:
@@ -147,6 +148,7 @@ class RNN(nn.Module):
         self._compiled_loop: Optional[CompiledLoop] = None  # made at the first compiled call
         self._compiled_refusal: Optional[str] = None  # why the compiled path refused this cell, once it has
         self._decisions: dict[tuple, Dispatch] = {}  # dispatch's, for a cell that counts its changes
+        self._measured: dict[tuple, Dispatch] = {}  # the kernel "auto" measured the faster, by shape (`_measured_dispatch`)
         if implementation != "auto":
             self.dispatch()  # a configuration the path can never run fails now, not at the first call
 
@@ -194,8 +196,7 @@ class RNN(nn.Module):
         if mask is not None:  # what padding holds (NaN, say) then reaches no output and no gradient, weights' included
             x = x.masked_fill(~mask[..., None], 0.0)
         state = self._initial_state(initial_state, x, who, convert)
-        if hasattr(self.cell, "reset_dropout_masks"):
-            self.cell.reset_dropout_masks()
+        self.reset_dropout_masks()
 
         if self.go_backwards:
             x = x.flip(1)  # outputs then come in this reversed order, as in Keras
@@ -247,12 +248,45 @@ class RNN(nn.Module):
         backward = self.implementation == "auto" and torch.is_grad_enabled() and (  # only "auto" reads it
             x.requires_grad or any(p.requires_grad for p in self.cell.parameters()))
         self.last_dispatch = self.dispatch(masked=mask is not None, batch=x.shape[0], backward=backward)
+        if (self.implementation == "auto" and not torch.compiler.is_compiling()
+                and measures(self.last_dispatch, x.shape[0], x.shape[1], getattr(self.cell, "weight_hh", None))):
+            self.last_dispatch = self._measured_dispatch(self.last_dispatch, x, state, mask, backward)
         path = self.last_dispatch.implementation
         if path == "loop":
             return self.run_loop(x, state, mask)
         if torch.compiler.is_compiling():
             return outside_the_graph(RNN.run_kernel)(self, path, x, state, mask)
         return self.run_kernel(path, x, state, mask)
+
+    def _measured_dispatch(self, decision: Dispatch, x: Tensor, state: State, mask: Optional[Tensor], backward: bool) -> Dispatch:
+        """`decision` with the faster of the fused and vendor kernels for a call like this one, timed
+        at the first call of its shape (`longshort.dispatch`, Measured)."""
+        key = (*x.shape[:2], x.dtype, mask is not None, backward, getattr(self.cell, "changes", None))
+        measured = self._measured.get(key)
+        if measured is None:
+            with torch.random.fork_rng(devices=[]):  # the rehearsals' dropout masks are drawn again for the call
+                seconds = time_paths({path: partial(self._rehearse, path, x, state, mask, backward) for path in ("fused", "vendor")})
+            self.reset_dropout_masks()
+            measured = decision._replace(implementation=min(seconds, key=seconds.get), measured=seconds)
+            if len(self._measured) > 16:
+                self._measured.clear()
+            self._measured[key] = measured
+        return measured
+
+    def _rehearse(self, path: str, x: Tensor, state: State, mask: Optional[Tensor], backward: bool) -> None:
+        """Run this call by `path` on detached copies of x and the state, with the gradients a backward
+        would take if `backward` (by `torch.autograd.grad`: no parameter's `.grad` changes)."""
+        x, state = x.detach().requires_grad_(x.requires_grad), map_state(lambda s: s.detach().requires_grad_(s.requires_grad), state)
+        outputs, _, final = self.run_kernel(path, x, state, mask)
+        if backward:
+            leaves = [t for t in (x, *flatten_state(state), *self.cell.parameters()) if t.requires_grad]
+            total = sum(leaf.sum() for leaf in flatten_state(final)) + (0 if outputs is None else outputs.sum())
+            torch.autograd.grad(total, leaves, allow_unused=True)
+
+    def reset_dropout_masks(self) -> None:
+        """Forget the cell's dropout masks, if it keeps any (a new sequence draws new ones)."""
+        if hasattr(self.cell, "reset_dropout_masks"):
+            self.cell.reset_dropout_masks()
 
     def run_kernel(self, path: str, x: Tensor, state: State, mask: Optional[Tensor]) -> tuple[Optional[Tensor], Tensor, State]:
         """The vendor, fused or compiled path. Inside `torch.compile` they run as they do eagerly, between
