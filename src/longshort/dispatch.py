@@ -40,7 +40,7 @@ B=32, H=512 took 0.85 of the fused kernel's time, where on the Zen 3 the order a
 on it took 1.08 (benchmarks/RESULTS.md). So "auto" times the two there, once per layer and
 shape: at the first call of a shape (batch, steps, dtype, mask or not, training or not, the
 cell unchanged) whose recurrent products hold at least MEASURED_FROM_PRODUCT multiply-adds
-(B x T x weight_hh.numel()), it runs each kernel MEASURE_ROUNDS times in turn after one warm-up,
+(B x T x weight_hh.numel()), it times each kernel MEASURE_ROUNDS times in turn (`time_paths`),
 with the gradients of everything a backward would reach when autograd records the call (taken by
 `torch.autograd.grad`: no `.grad` is touched), and keeps the one with the smaller median.
 `last_dispatch.measured` holds the seconds it measured. The random state is put back after the
@@ -81,7 +81,7 @@ VENDOR_FIRST_PRODUCT = 1 << 27  # B=128, H=512; B=32, H=1024
 # products (B x T x weight_hh.numel() multiply-adds) hold this many or more (B=32, T=100, H=64
 # holds 2^25.6; a training step there takes about 7 ms), when `measure` is on.
 MEASURED_FROM_PRODUCT = 1 << 24
-MEASURE_ROUNDS = 3  # timed calls of each kernel, in turn, after one warm-up call each
+MEASURE_ROUNDS = 3  # timed calls of each kernel, in turn, each after an untimed one (`time_paths`)
 measure = True  # whether "auto" measures (above); False: the order of `preference` decides every call
 NOT_ASKED = "it runs only when asked for (implementation='compiled'): compiling takes seconds at the first call"
 
@@ -159,12 +159,16 @@ def measures(decision: Dispatch, batch: int, steps: int, recurrent_weight: Optio
 
 
 def time_paths(calls: dict[str, Callable[[], object]], rounds: int = MEASURE_ROUNDS) -> dict[str, float]:
-    """Median seconds of a call of each function, called in turn `rounds` times after one warm-up call each."""
-    for call in calls.values():
-        call()
+    """Median seconds of a call of each function, the functions taken in turn `rounds` times.
+
+    Each timed call follows an untimed call of the same function, as a layer's call follows its
+    own in a training loop: right after the other kernel's, the caches are the other's, which
+    cost oneDNN's training step at B=128, T=100, H=64 about 40% more (42 ms against 24) and the
+    fused one's less, and so had "auto" pick the fused kernel where oneDNN's was 6% faster."""
     seconds: dict[str, list[float]] = {path: [] for path in calls}
     for _ in range(rounds):
         for path, call in calls.items():
+            call()  # untimed: the timed call follows one of its own
             start = time.perf_counter()
             call()
             seconds[path].append(time.perf_counter() - start)
