@@ -34,19 +34,21 @@ backward=...)` says which path a call would take and why each other path was ref
 `layer.last_dispatch` is the decision of the last call.
 
 Measured, where the order above is a guess. Where both the fused kernel and the vendor one can
-run a call of more than FUSED_FIRST_BATCH rows, which is the faster depends on the CPU: on one
-with AVX-512 (AMD Zen 4) oneDNN's LSTM ran at the machine's matmul rate and a training step at
-B=32, H=512 took 0.85 of the fused kernel's time, where on the Zen 3 the order above was measured
-on it took 1.08 (benchmarks/RESULTS.md). So "auto" times the two there, once per layer and
-shape: at the first call of a shape (batch, steps, dtype, mask or not, training or not, the
-cell unchanged) whose recurrent products hold at least MEASURED_FROM_PRODUCT multiply-adds
-(B x T x weight_hh.numel()), it times each kernel MEASURE_ROUNDS times in turn (`time_paths`),
-with the gradients of everything a backward would reach when autograd records the call (taken by
-`torch.autograd.grad`: no `.grad` is touched), and keeps the one with the smaller median.
-`last_dispatch.measured` holds the seconds it measured. The random state is put back after the
-rehearsals, so dropout masks come out as without them; the outputs of the two kernels agree to
-rounding, but not bit for bit, so for runs that repeat exactly set `longshort.dispatch.measure =
-False` (the order above then decides, as in smaller calls), or name the path.
+run a call of more than FUSED_FIRST_BATCH rows, which is the faster depends on the CPU as much as
+on the shape: on an AMD Zen 4 host (AVX-512) oneDNN's LSTM ran at the machine's matmul rate and
+its training step at B=32, H=512 took 0.86x the fused one's time, where on the Zen 3 host the order
+above was measured on it took 0.9x to 1.1x (benchmarks/RESULTS.md, HISTORY.md). So "auto" times
+the two there, once per layer and shape: at the first call of a shape (batch, steps, dtype, mask
+or not, training or not, the cell unchanged) whose recurrent products hold at least
+MEASURED_FROM_PRODUCT multiply-adds (B x T x weight_hh.numel()), it times each kernel
+MEASURE_ROUNDS times in turn (`time_paths`), with the gradients of everything a backward would
+reach when autograd records the call (taken by `torch.autograd.grad`: no `.grad` is touched), and
+keeps the fused kernel where its median was FUSED_BY_AT_LEAST faster, else the vendor one
+(`faster`). `last_dispatch.measured` holds the seconds it measured. The random state is put back
+after the rehearsals, so dropout masks come out as without them; the outputs of the two kernels
+agree to rounding, but not bit for bit, so for runs that repeat exactly set
+`longshort.dispatch.measure = False` (the order above then decides, as in smaller calls), or name
+the path.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ VENDOR_FIRST_PRODUCT = 1 << 27  # B=128, H=512; B=32, H=1024
 # holds 2^25.6; a training step there takes about 7 ms), when `measure` is on.
 MEASURED_FROM_PRODUCT = 1 << 24
 MEASURE_ROUNDS = 3  # timed calls of each kernel, in turn, each after an untimed one (`time_paths`)
+# ... and it runs the fused kernel only where that measured this much faster than the vendor one:
+# three rounds on a shared host do not tell apart kernels closer than this (torch.nn.LSTM timed
+# against itself strays by 2-8%), and within it the vendor kernel is the one torch.nn.LSTM runs.
+# On the Zen 4 host, choosing the faster median alone, "auto" ran the fused kernel at B=32,
+# H=64 (measured 6.2 ms against 6.4) and read 1.05x torch.nn.LSTM's time in the benchmark's rounds.
+FUSED_BY_AT_LEAST = 0.05
 measure = True  # whether "auto" measures (above); False: the order of `preference` decides every call
 NOT_ASKED = "it runs only when asked for (implementation='compiled'): compiling takes seconds at the first call"
 
@@ -173,3 +181,9 @@ def time_paths(calls: dict[str, Callable[[], object]], rounds: int = MEASURE_ROU
             call()
             seconds[path].append(time.perf_counter() - start)
     return {path: statistics.median(values) for path, values in seconds.items()}
+
+
+def faster(seconds: dict[str, float]) -> str:
+    """The kernel "auto" runs given the seconds it measured of each: the fused one where it was
+    faster by FUSED_BY_AT_LEAST, else the vendor one."""
+    return "fused" if seconds["fused"] < (1 - FUSED_BY_AT_LEAST) * seconds["vendor"] else "vendor"

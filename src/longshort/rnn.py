@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedTensorMixin
 
 from longshort._validate import check_flag, check_sequence, resolve_mask
-from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose, fused_comes_first, measures, time_paths
+from longshort.dispatch import NOT_ASKED, Dispatch, check_implementation, choose, faster, fused_comes_first, measures, time_paths
 from longshort.native import loops_for
 
 if TYPE_CHECKING:
@@ -259,15 +259,15 @@ class RNN(nn.Module):
         return self.run_kernel(path, x, state, mask)
 
     def _measured_dispatch(self, decision: Dispatch, x: Tensor, state: State, mask: Optional[Tensor], backward: bool) -> Dispatch:
-        """`decision` with the faster of the fused and vendor kernels for a call like this one, timed
-        at the first call of its shape (`longshort.dispatch`, Measured)."""
+        """`decision` with the fused or vendor kernel, whichever measured the faster (`faster`) for a call
+        like this one, timed at the first call of its shape (`longshort.dispatch`, Measured)."""
         key = (*x.shape[:2], x.dtype, mask is not None, backward, getattr(self.cell, "changes", None))
         measured = self._measured.get(key)
         if measured is None:
             with torch.random.fork_rng(devices=[]):  # the rehearsals' dropout masks are drawn again for the call
                 seconds = time_paths({path: partial(self._rehearse, path, x, state, mask, backward) for path in ("fused", "vendor")})
             self.reset_dropout_masks()
-            measured = decision._replace(implementation=min(seconds, key=seconds.get), measured=seconds)
+            measured = decision._replace(implementation=faster(seconds), measured=seconds)
             if len(self._measured) > 16:
                 self._measured.clear()
             self._measured[key] = measured
