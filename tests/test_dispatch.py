@@ -228,6 +228,21 @@ def test_auto_runs_the_fused_kernel_only_where_it_measured_clearly_faster(monkey
     assert layer.last_dispatch.implementation == path
 
 
+def test_time_paths_times_each_call_after_one_of_its_own_and_clears_between():
+    """Each round calls a function untimed, then timed, then `between` (by default the fused
+    kernels' kept buffers go: the next kernel's peak memory is its own), function after function."""
+    log = []
+    seconds = ls.dispatch.time_paths({"a": lambda: log.append("a"), "b": lambda: log.append("b")}, rounds=2,
+                                     between=lambda: log.append("|"))
+    assert log == ["a", "a", "|", "b", "b", "|"] * 2
+    assert sorted(seconds) == ["a", "b"] and all(s >= 0 for s in seconds.values())
+    kept = ls.workspace.empty(torch.ones(()), 1 << 16)
+    del kept
+    assert ls.workspace._kept
+    ls.dispatch.time_paths({"a": lambda: None}, rounds=1)
+    assert not ls.workspace._kept
+
+
 def test_auto_measures_only_large_calls_both_kernels_can_run(monkeypatch):
     """A small call, a masked one (torch's kernel takes no mask), one of up to FUSED_FIRST_BATCH rows
     (the fused kernel's matrix-vector products) or one with measuring off is decided by the order of
