@@ -33,13 +33,13 @@ faster. Naming one asks for it and raises if it cannot. `layer.dispatch(masked=.
 backward=...)` says which path a call would take and why each other path was refused;
 `layer.last_dispatch` is the decision of the last call.
 
-Measured, where the order above is a guess. Where both the fused kernel and the vendor one can
-run a call of more than FUSED_FIRST_BATCH rows, which is the faster depends on the CPU as much as
-on the shape: on an AMD Zen 4 host (AVX-512) oneDNN's LSTM ran at the machine's matmul rate and
-its training step at B=32, H=512 took 0.82x-0.85x the fused one's time, where on the Zen 3 host the order
-above was measured on it took 0.9x to 1.1x (benchmarks/RESULTS.md, HISTORY.md). So "auto" times
-the two there, once per layer and shape: at the first call of a shape (batch, steps, dtype, mask
-or not, training or not, the cell unchanged) whose recurrent products hold at least
+Measured, where the order above is a guess. Where both the fused kernel and the vendor one can run
+a call of more than FUSED_FIRST_BATCH rows, which is the faster depends on the CPU as much as on
+the shape: on an AMD Zen 4 host (AVX-512) oneDNN's LSTM ran at the machine's matmul rate and its
+training step at B=32, H=512 took 0.82x-0.85x the fused one's time, where on the Zen 3 host the
+order above was measured on it took 0.9x to 1.1x (benchmarks/RESULTS.md, HISTORY.md). So "auto"
+times the two there, once per layer and shape: at the first call of a shape (batch, steps, dtype,
+mask or not, training or not, the cell unchanged) whose recurrent products hold at least
 MEASURED_FROM_PRODUCT multiply-adds (B x T x weight_hh.numel()), it times each kernel
 MEASURE_ROUNDS times in turn (`time_paths`), with the gradients of everything a backward would
 reach when autograd records the call (taken by `torch.autograd.grad`: no `.grad` is touched), and
