@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import longshort as ls
 import longshort.checkpoints as checkpoints
 from longshort.checkpoints import CheckpointError, load_checkpoint
 from longshort.cli import main
@@ -32,6 +33,22 @@ def train(capsys, data, out, *extra):
     captured = capsys.readouterr()
     assert code in (0, 130), captured.err
     return code, captured.out, captured.err
+
+
+def test_training_runs_the_kernels_in_their_fixed_order(tmp_path, capsys, series, monkeypatch):
+    """A run that resumes must run the kernels the uninterrupted one ran, to equal it bit for bit:
+    the trainers train with "auto"'s measuring off (`dispatch.fixed_order`), and turn it back on."""
+    seen = []
+    train_epochs = checkpoints.train_epochs
+
+    def recording(*args):
+        seen.append(ls.dispatch.measure)
+        return train_epochs(*args)
+
+    monkeypatch.setattr(checkpoints, "train_epochs", recording)
+    assert ls.dispatch.measure
+    train(capsys, series, tmp_path, "--epochs", 1)
+    assert seen == [False] and ls.dispatch.measure
 
 
 def test_checkpoint_is_plain_data_that_weights_only_loads(tmp_path, capsys, series):

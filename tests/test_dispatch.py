@@ -243,6 +243,17 @@ def test_time_paths_times_each_call_after_one_of_its_own_and_clears_between():
     assert not ls.workspace._kept
 
 
+def test_fixed_order_turns_measuring_off_inside_and_back_on_after():
+    """What the trainers and experiments run under, an exception included."""
+    layer, x = large_call()
+    with pytest.raises(RuntimeError, match="inside"):
+        with ls.dispatch.fixed_order():
+            layer(x)
+            assert layer.last_dispatch.measured is None and not ls.dispatch.measure
+            raise RuntimeError("inside")
+    assert ls.dispatch.measure
+
+
 def test_auto_measures_only_large_calls_both_kernels_can_run(monkeypatch):
     """A small call, a masked one (torch's kernel takes no mask), one of up to FUSED_FIRST_BATCH rows
     (the fused kernel's matrix-vector products) or one with measuring off is decided by the order of

@@ -55,7 +55,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, NamedTuple, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from torch import Tensor, nn
 
@@ -195,3 +196,18 @@ def faster(seconds: dict[str, float]) -> str:
     """The kernel "auto" runs given the seconds it measured of each: the fused one where it was
     faster by FUSED_BY_AT_LEAST, else the vendor one."""
     return "fused" if seconds["fused"] < (1 - FUSED_BY_AT_LEAST) * seconds["vendor"] else "vendor"
+
+
+@contextmanager
+def fixed_order() -> Iterator[None]:
+    """Inside, "auto" decides by the order of the paths alone and measures nothing (`measure` off,
+    restored after): the two kernels agree to rounding, not bit for bit, and a measurement can come
+    out either way where they are close, so a run that must equal another bit for bit (a resumed
+    training run, each replica of a distributed one, a seeded experiment) runs without it. The
+    trainers (`checkpoints.fit`) and the experiments do."""
+    global measure
+    previous, measure = measure, False
+    try:
+        yield
+    finally:
+        measure = previous
