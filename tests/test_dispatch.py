@@ -228,14 +228,14 @@ def test_auto_runs_the_fused_kernel_only_where_it_measured_clearly_faster(monkey
     assert layer.last_dispatch.implementation == path
 
 
-def test_time_paths_times_each_call_after_one_of_its_own_and_clears_between():
+def test_time_rounds_times_each_call_after_one_of_its_own_and_time_paths_clears_between():
     """Each round calls a function untimed, then timed, then `between` (by default the fused
     kernels' kept buffers go: the next kernel's peak memory is its own), function after function."""
     log = []
-    seconds = ls.dispatch.time_paths({"a": lambda: log.append("a"), "b": lambda: log.append("b")}, rounds=2,
-                                     between=lambda: log.append("|"))
+    seconds = ls.dispatch.time_rounds({"a": lambda: log.append("a"), "b": lambda: log.append("b")}, rounds=2,
+                                      between=lambda: log.append("|"))
     assert log == ["a", "a", "|", "b", "b", "|"] * 2
-    assert sorted(seconds) == ["a", "b"] and all(s >= 0 for s in seconds.values())
+    assert sorted(seconds) == ["a", "b"] and all(len(s) == 2 and min(s) >= 0 for s in seconds.values())
     kept = ls.workspace.empty(torch.ones(()), 1 << 16)
     del kept
     assert ls.workspace._kept

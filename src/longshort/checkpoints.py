@@ -49,7 +49,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from longshort.dispatch import fixed_order
 from longshort.distributed import Replicas, process_group
 from longshort.experiments.tasks import long_lag_cpu
 from longshort.training import Clip, History, NonFiniteError, train_step
@@ -225,15 +224,15 @@ def fit(
     """A whole training run, as both trainers do it: resume from `out/checkpoint.pt` if it is
     there, run the epochs (saving after each), switch to the best weights, `evaluate` them into
     a report, and save the checkpoint once more with the report, all on `config.threads` CPU
-    threads with denormals flushed to zero (`long_lag_cpu`, as the experiments run) and the
-    kernels `auto` picks fixed by their order (`dispatch.fixed_order`: a resumed run, and each
-    replica, runs the kernels the uninterrupted one ran). `config` has
+    threads with denormals flushed to zero and the kernels `auto` picks fixed by their order
+    (`long_lag_cpu`, as the experiments run: a resumed run, and each replica, runs the kernels the
+    uninterrupted one ran). `config` has
     `epochs`, `patience` and `threads`; `data["fingerprint"]` identifies the training data.
 
     Started by torchrun, each process runs `fit` as one of the replicas of longshort.distributed:
     rank 0 resumes, prints, draws the progress bar and writes the checkpoint for all."""
     path = Path(out) / FILENAME if out is not None else None
-    with process_group() as replicas, long_lag_cpu(config.threads), fixed_order(), ExitStack() as held:
+    with process_group() as replicas, long_lag_cpu(config.threads), ExitStack() as held:
         if not replicas.main:
             echo, progress, path = (lambda _: None), False, None
 

@@ -169,18 +169,15 @@ def measures(decision: Dispatch, batch: int, steps: int, recurrent_weight: Optio
     return large and decision.implementation in ("fused", "vendor") and not {"fused", "vendor"} & decision.refused.keys()
 
 
-def time_paths(calls: dict[str, Callable[[], object]], rounds: int = MEASURE_ROUNDS,
-               between: Callable[[], object] = workspace.clear) -> dict[str, float]:
-    """Median seconds of a call of each function, the functions taken in turn `rounds` times.
+def time_rounds(calls: dict[str, Callable[[], object]], rounds: int,
+                between: Callable[[], object] = lambda: None) -> dict[str, list[float]]:
+    """Seconds of each timed call of each function, the functions taken in turn `rounds` times.
 
     Each timed call follows an untimed call of the same function, as a layer's call follows its
     own in a training loop: right after the other kernel's, the caches are the other's, which
     cost oneDNN's training step at B=128, T=100, H=64 about 40% more (42 ms against 24) and the
     fused one's less, and so had "auto" pick the fused kernel where oneDNN's was 6% faster.
-    `between` runs after each timed call: by default it lets go the buffers the fused kernels
-    keep (`longshort.workspace`), so that the peak memory of the first call of a shape is the
-    larger of the two kernels' own (kept through oneDNN's calls, they raised it from 0.88x
-    torch.nn.LSTM's to 1.80x at B=32, T=1000, H=128), and none is kept for a kernel not chosen."""
+    `between` runs after each timed call. (benchmarks/rnn_speed.py times by this too.)"""
     seconds: dict[str, list[float]] = {path: [] for path in calls}
     for _ in range(rounds):
         for path, call in calls.items():
@@ -189,7 +186,16 @@ def time_paths(calls: dict[str, Callable[[], object]], rounds: int = MEASURE_ROU
             call()
             seconds[path].append(time.perf_counter() - start)
             between()
-    return {path: statistics.median(values) for path, values in seconds.items()}
+    return seconds
+
+
+def time_paths(calls: dict[str, Callable[[], object]], rounds: int = MEASURE_ROUNDS) -> dict[str, float]:
+    """Median seconds of a call of each function (`time_rounds`), letting go the buffers the fused
+    kernels keep (`longshort.workspace`) after each timed call, so that the peak memory of the
+    first call of a shape is the larger of the two kernels' own (kept through oneDNN's calls, they
+    raised it from 0.88x torch.nn.LSTM's to 1.80x at B=32, T=1000, H=128), and none is kept for a
+    kernel not chosen."""
+    return {path: statistics.median(values) for path, values in time_rounds(calls, rounds, workspace.clear).items()}
 
 
 def faster(seconds: dict[str, float]) -> str:

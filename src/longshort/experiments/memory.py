@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from longshort.dispatch import fixed_order
 from longshort.experiments.base import Experiment, Report, pyplot, save_figure
 from longshort.experiments.tasks import ADDING_BASELINE_MSE, adding_problem, copy_baseline_cross_entropy, copy_task, long_lag_cpu
 from longshort.layers import GRU, LSTM, SimpleRNN
@@ -270,7 +269,7 @@ def _train_in_worker(job: Job, config: MemoryConfig) -> RunResult:
             _progress.put(tuple(pending))
             pending[0] = 0
 
-    with long_lag_cpu(config.threads), fixed_order():
+    with long_lag_cpu(config.threads):
         result = train_run(job, config, tick)
     _progress.put(tuple(pending))
     return result

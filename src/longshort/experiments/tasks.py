@@ -19,6 +19,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from longshort.dispatch import fixed_order
+
 ADDING_BASELINE_MSE = 1 / 6  # variance of the sum of two independent U(0, 1): answering its mean, 1
 
 
@@ -60,7 +62,9 @@ def copy_baseline_cross_entropy(lag: int, length: int = 10, symbols: int = 8) ->
 
 @contextmanager
 def long_lag_cpu(threads: int = 1) -> Iterator[None]:
-    """Run torch on `threads` CPU threads with float32 denormals flushed to zero; restore both after.
+    """Run torch on `threads` CPU threads with float32 denormals flushed to zero, and "auto"'s kernels
+    fixed by their order (`dispatch.fixed_order`: a run then repeats bit for bit, resumed or not);
+    restore all three after.
 
     Gradients that vanish over a long lag (a forget gate near 0.5 halves them at every step)
     pass through denormal floats below 1.2e-38, which x86 CPUs compute many times slower:
@@ -74,7 +78,8 @@ def long_lag_cpu(threads: int = 1) -> Iterator[None]:
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     try:
-        yield
+        with fixed_order():
+            yield
     finally:
         torch.set_flush_denormal(False)  # torch's default; it offers no way to read the current setting
         torch.set_num_threads(previous)
